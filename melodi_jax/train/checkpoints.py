@@ -1,0 +1,119 @@
+"""Orbax checkpoints of a run: params, optimizer state, carried memory, and a JSON `progress`
+item (step, rng, every process's lane state), so a resumed run continues bit-identically.
+
+Layout: DIR/checkpoints/<step>/{params,opt_state,memory,progress}. Restoring takes abstract
+targets with shardings, so a checkpoint written on one mesh restores onto another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+from absl import logging
+import jax
+import orbax.checkpoint as ocp
+
+from melodi_jax.train.errors import UserError
+
+ARRAY_ITEMS = ('params', 'opt_state', 'memory')
+ITEMS = ARRAY_ITEMS + ('progress',)
+
+
+@dataclasses.dataclass
+class Restored:
+  """What a checkpoint holds; `progress` is the JSON item (step, rng, lane_states, ...)."""
+  step: int
+  params: Any
+  opt_state: Any = None
+  memory: Any = None
+  progress: dict = dataclasses.field(default_factory=dict)
+
+
+def checkpoint_dir(workdir: str) -> str:
+  return os.path.join(workdir, 'checkpoints')
+
+
+class Checkpointer:
+  """A thin layer over `ocp.CheckpointManager`: async saves, keep-N, restore with fallback."""
+
+  def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
+    self.directory = checkpoint_dir(workdir)
+    self.read_only = read_only
+    if read_only and not os.path.isdir(self.directory):
+      raise UserError(f'no checkpoints in {self.directory}; train first or pass the --workdir '
+                      'of a training run')
+    options = ocp.CheckpointManagerOptions(
+        max_to_keep=keep, create=not read_only, read_only=read_only,
+        enable_async_checkpointing=not read_only)
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+
+  @property
+  def steps(self) -> list[int]:
+    return sorted(self.manager.all_steps())
+
+  def save(self, step: int, *, params, opt_state, memory, progress: dict) -> bool:
+    """Starts an async save (arrays are copied off the device before this returns, so the caller
+    may donate them right after). Returns False when `step` is already saved."""
+    if step in self.manager.all_steps():
+      return False
+    args = ocp.args.Composite(
+        params=ocp.args.StandardSave(params), opt_state=ocp.args.StandardSave(opt_state),
+        memory=ocp.args.StandardSave(memory), progress=ocp.args.JsonSave(progress))
+    self.manager.save(step, args=args, force=True)
+    return True
+
+  def restore(self, abstract: dict[str, Any], step: int | None = None) -> Restored | None:
+    """Restores the items named in `abstract` (a subset of params/opt_state/memory; values are
+    trees of `jax.ShapeDtypeStruct` with shardings) plus progress, from `step` or the latest.
+
+    A latest checkpoint that cannot be read is reported, moved aside (renamed `<step>.corrupt`)
+    and the one before is tried. Returns None when there is no checkpoint.
+    """
+    if step is not None:
+      if step not in self.manager.all_steps():
+        raise UserError(f'no checkpoint for step {step} in {self.directory}; saved steps: '
+                        f'{self.steps}')
+      return self._restore_step(step, abstract)
+    errors = []
+    for candidate in reversed(self.steps):
+      try:
+        return self._restore_step(candidate, abstract)
+      except Exception as e:  # pylint: disable=broad-exception-caught
+        message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+        errors.append(f'step {candidate}: {message}')
+        logging.warning('checkpoint at step %d in %s cannot be restored (%s: %s); falling back '
+                        'to the one before', candidate, self.directory, type(e).__name__, message)
+        self._move_aside(candidate)
+    if errors:
+      raise UserError(f'no checkpoint in {self.directory} can be restored ({errors[-1]}); the '
+                      'model or batch size may differ from the run that wrote them')
+    return None
+
+  def _restore_step(self, step: int, abstract: dict[str, Any]) -> Restored:
+    args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
+    args['progress'] = ocp.args.JsonRestore()
+    restored = self.manager.restore(step, args=ocp.args.Composite(**args))
+    jax.block_until_ready([restored[name] for name in abstract])
+    return Restored(step=step, progress=dict(restored['progress']),
+                    **{name: restored[name] for name in abstract})
+
+  def _move_aside(self, step: int):
+    if self.read_only:
+      return
+    self.manager.wait_until_finished()
+    source = os.path.join(self.directory, str(step))
+    if jax.process_index() == 0 and os.path.isdir(source):
+      target = f'{source}.corrupt'
+      suffix = 1
+      while os.path.exists(target):
+        target, suffix = f'{source}.corrupt{suffix}', suffix + 1
+      os.rename(source, target)
+      logging.warning('moved the unreadable checkpoint to %s', target)
+    self.manager.reload()
+
+  def wait(self):
+    self.manager.wait_until_finished()
+
+  def close(self):
+    self.manager.close()
