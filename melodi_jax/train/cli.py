@@ -4,12 +4,14 @@ Every mistake a user can make at this boundary becomes a `UserError`: one line o
 """
 from __future__ import annotations
 
+import logging
 import os
 import pathlib
 import sys
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
+from absl import logging as absl_logging
 import gin
 
 from melodi_jax.train.errors import UserError  # re-exported for the entry points
@@ -85,7 +87,7 @@ def call_gin(fn: Callable, what: str):
     return fn()
   except (TypeError, ValueError, RuntimeError) as e:
     message = str(e)
-    if 'gin' in message or 'configurable' in message or 'Required bindings' in message:
+    if 'In call to configurable' in message or 'Required bindings' in message:
       raise UserError(f'gin config error while building {what}: {_gin_message(e)}; fix the '
                       'binding in your gin files or --gin_bindings') from None
     raise
@@ -127,9 +129,24 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
   return tuple(types)
 
 
+class _QuietLibraries(logging.Filter):
+  """Drops INFO lines of orbax and jax internals, so the progress line stays readable."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    if record.levelno >= logging.WARNING:
+      return True
+    path = record.pathname.replace(os.sep, '/')
+    return '/orbax/' not in path and '/jax/_src/' not in path
+
+
+def quiet_library_logs():
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
 def run(main: Callable[[list[str]], None]):
   """`app.run(main)` where a user's mistake is one line on stderr and exit status 2."""
   def wrapped(argv):
+    quiet_library_logs()
     user_errors = _user_error_types()
     try:
       main(argv)

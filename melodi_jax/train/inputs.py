@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -34,7 +35,10 @@ class StreamSpec:
 
   @property
   def name(self) -> str:
-    return 'text_dir' if self.text_dir else self.task
+    """The task name in file names; a text folder is `text_<folder name>`."""
+    if self.text_dir:
+      return 'text_' + os.path.basename(os.path.normpath(self.text_dir))
+    return self.task
 
 
 StreamFactory = Callable[..., Iterator[Batch]]

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from absl import logging
 import flax.linen as nn
 import jax
 import numpy as np
@@ -41,11 +42,17 @@ def make_mesh(mesh_shape: Sequence[int] = (-1, 1)) -> Mesh:
       raise UserError(f'TrainConfig.mesh_shape={tuple(mesh_shape)} does not divide the '
                       f'{num_devices} devices; pick sizes whose product divides {num_devices}')
     shape[shape.index(-1)] = num_devices // known
-  if shape[0] * shape[1] != num_devices:
-    raise UserError(f'TrainConfig.mesh_shape={tuple(mesh_shape)} needs {shape[0] * shape[1]} '
-                    f'devices but {num_devices} are visible; use -1 for the data axis')
+  needed = shape[0] * shape[1]
+  devices = None
+  if needed < num_devices and jax.process_count() == 1:
+    # One process may run on fewer devices than it sees (one GPU of eight, a 1x1 test mesh).
+    logging.warning('mesh %s uses %d of the %d devices', tuple(shape), needed, num_devices)
+    devices = jax.devices()[:needed]
+  elif needed != num_devices:
+    raise UserError(f'TrainConfig.mesh_shape={tuple(mesh_shape)} needs {needed} devices but '
+                    f'{num_devices} are visible; use -1 for the data axis')
   auto = jax.sharding.AxisType.Auto
-  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(auto, auto))
+  return jax.make_mesh(tuple(shape), MESH_AXES, axis_types=(auto, auto), devices=devices)
 
 
 def _mesh_spec(names: Sequence[str | None], shape: Sequence[int], mesh: Mesh,
