@@ -10,7 +10,6 @@ hash of each document's split key. A corpus is rebuilt only when missing, incomp
 from __future__ import annotations
 
 import collections
-import csv
 import hashlib
 import json
 import logging
@@ -22,10 +21,9 @@ from absl import app, flags
 
 from melodi_jax.data import fetch
 from melodi_jax.data.errors import DataError, exit_on_data_error
-from melodi_jax.data.paths import SPLITS, data_root
+from melodi_jax.data.paths import MANIFEST, SPLITS, data_root, read_manifest  # noqa: F401
 
 HELD_OUT_FRACTION = 0.05  # of documents, each for validation and test
-MANIFEST = "manifest.tsv"
 SOURCES = "sources.json"
 
 Step = Callable[[pathlib.Path, dict], Iterator[fetch.Document]]
@@ -43,16 +41,6 @@ def split_of(key: str) -> str:
     if fraction < HELD_OUT_FRACTION:
         return "test"
     return "validation" if fraction < 2 * HELD_OUT_FRACTION else "train"
-
-
-def read_manifest(corpus_dir: pathlib.Path) -> list[dict]:
-    """Rows {file, bytes, md5, split} of a built corpus, in corpus order (sorted by file)."""
-    path = corpus_dir / MANIFEST
-    if not path.exists():
-        raise DataError(f"{path} not found: build the corpus with `bash launch/prepare_data.sh` "
-                        f"(or set MELODI_DATA_DIR to where it was built)")
-    with path.open(newline="") as f:
-        return list(csv.DictReader(f, delimiter="\t"))
 
 
 def _is_complete(corpus_dir: pathlib.Path) -> bool:
@@ -132,25 +120,27 @@ def describe(corpus: str, sources: dict) -> str:
     return f"corpora: {corpus}: " + ", ".join(parts) + extra
 
 
-_CORPORA = flags.DEFINE_list("corpora", list(CORPORA), "Corpora to build: books, math, code.")
-_DATA_DIR = flags.DEFINE_string("data_dir", None,
-                                "Data root (default $MELODI_DATA_DIR, else <repo>/data).")
-_FORCE = flags.DEFINE_bool("force", False, "Rebuild corpora that are already built.")
+def _define_flags() -> None:
+    # Defined only when run as a program, so importing this module never clashes with other flags.
+    flags.DEFINE_list("corpora", list(CORPORA), "Corpora to build: books, math, code.")
+    flags.DEFINE_string("data_dir", None, "Data root (default $MELODI_DATA_DIR, else <repo>/data).")
+    flags.DEFINE_bool("force", False, "Rebuild corpora that are already built.")
 
 
 @exit_on_data_error
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
         raise DataError(f"unexpected arguments {argv[1:]}: use --corpora=books,math,code")
-    unknown = sorted(set(_CORPORA.value) - set(CORPORA))
+    unknown = sorted(set(flags.FLAGS.corpora) - set(CORPORA))
     if unknown:
         raise DataError(f"--corpora has unknown {unknown}: choose from {sorted(CORPORA)}")
     logging.getLogger().setLevel(logging.WARNING)
-    root = data_root(_DATA_DIR.value)
+    root = data_root(flags.FLAGS.data_dir)
     root.mkdir(parents=True, exist_ok=True)
-    for corpus in _CORPORA.value:
-        print(describe(corpus, build_corpus(corpus, root, force=_FORCE.value)), flush=True)
+    for corpus in flags.FLAGS.corpora:
+        print(describe(corpus, build_corpus(corpus, root, force=flags.FLAGS.force)), flush=True)
 
 
 if __name__ == "__main__":
+    _define_flags()
     app.run(main)
