@@ -47,17 +47,20 @@ def _lane_documents(batches):
 
 def test_eval_covers_every_document_once_in_order():
     documents = _documents()
-    batches = list(_stream(documents))
+    stream = _stream(documents)
+    batches = list(stream)
     lanes, _, _, weights = _lane_documents(batches)
     produced = sorted(itertools.chain.from_iterable(lanes))
     original = sorted(documents.document(i).tolist() for i in range(len(documents)))
     assert produced == original
     # Every token except each document's first is a weighted target exactly once.
     assert weights.sum() == documents.lengths().sum() - len(documents)
-    # Evaluation keeps corpus order: each lane's documents have increasing document ids.
-    ids = {tuple(documents.document(i)): i for i in range(len(documents))}
+    # Each lane takes its documents in the stream's fixed evaluation order (longest first).
+    rank = {tuple(documents.document(d)): r for r, d in enumerate(stream.document_order())}
+    assert list(stream.document_order()) == sorted(
+        range(len(documents)), key=lambda d: (-len(documents.document(d)), d))
     for docs in lanes:
-        order = [ids[tuple(d)] for d in docs]
+        order = [rank[tuple(d)] for d in docs]
         assert order == sorted(order)
 
 
