@@ -10,6 +10,7 @@ hash of each document's split key. A corpus is rebuilt only when missing, incomp
 from __future__ import annotations
 
 import collections
+import csv
 import hashlib
 import json
 import logging
@@ -21,7 +22,7 @@ from absl import app, flags
 
 from melodi_jax.data import fetch
 from melodi_jax.data.errors import DataError, exit_on_data_error
-from melodi_jax.data.paths import MANIFEST, SPLITS, data_root, read_manifest  # noqa: F401
+from melodi_jax.data.paths import MANIFEST, SPLITS, data_root
 
 HELD_OUT_FRACTION = 0.05  # of documents, each for validation and test
 SOURCES = "sources.json"
