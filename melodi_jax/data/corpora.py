@@ -101,8 +101,8 @@ def build_corpus(corpus: str, data_dir: pathlib.Path, force: bool = False) -> di
             print(f"corpora: {corpus}: skipping {step.__name__}: {e}")
             skipped.append(f"{step.__name__}: {e}")
     if not documents:
-        raise DataError(f"corpus {corpus!r} has no documents: every step was skipped "
-                        f"({'; '.join(skipped)}); fix the steps above and rerun")
+        shutil.rmtree(staging, ignore_errors=True)
+        raise fetch.StepUnavailable("every step was skipped; fix the steps above and rerun")
     counts = write_corpus(staging, documents)
     sources = {"corpus": corpus, "versions": versions, "skipped_steps": skipped,
                "held_out_fraction": HELD_OUT_FRACTION, "counts": counts}
@@ -139,7 +139,11 @@ def main(argv: list[str]) -> None:
     root = data_root(flags.FLAGS.data_dir)
     root.mkdir(parents=True, exist_ok=True)
     for corpus in flags.FLAGS.corpora:
-        print(describe(corpus, build_corpus(corpus, root, force=flags.FLAGS.force)), flush=True)
+        try:
+            print(describe(corpus, build_corpus(corpus, root, force=flags.FLAGS.force)),
+                  flush=True)
+        except fetch.StepUnavailable as e:  # build what can be built; the rest says why
+            print(f"corpora: {corpus}: not built: {e}", flush=True)
 
 
 if __name__ == "__main__":

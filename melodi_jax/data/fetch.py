@@ -197,8 +197,8 @@ def _imp_entries(text: str) -> Iterator[tuple[str, str]]:
 def sword_documents(downloads: pathlib.Path, versions: dict) -> Iterator[Document]:
     """KJV and WEB (one document per book), Scofield (per book), TDavid (per Psalm)."""
     if not mod2imp_available():
-        raise StepUnavailable("mod2imp not found and not root to install it "
-                              "(apt-get install --no-install-recommends libsword-utils)")
+        raise StepUnavailable("mod2imp not found and not installable here (needs root and "
+                              "apt-get: apt-get install --no-install-recommends libsword-utils)")
     for package, (module, folder, granularity) in SWORD_MODULES.items():
         root, versions[package] = debian_extract(package, downloads)
         env = dict(os.environ, SWORD_PATH=str(root / "usr/share/sword"), HOME=str(root))
