@@ -43,3 +43,14 @@ def test_text_dir_task(tmp_path):
     assert [bytes(e.astype(np.uint8)) for e in examples] == [b"first \xff document", b"second"]
     vocab = seqio.get_mixture_or_task(name).output_features["targets"].vocabulary
     assert vocab.vocab_size == 256 and vocab.decode([104, 105]) == "hi"
+
+
+def test_pg19_reads_a_prepared_tfds_copy(tmp_path):
+    tfds = pytest.importorskip("tensorflow_datasets")
+    with pytest.raises(DataError, match="tfds build pg19"):
+        sources.pg19_source("test", str(tmp_path)).read()
+    (tmp_path / "pg19" / "0.1.1").mkdir(parents=True)
+    (tmp_path / "pg19" / "0.1.1" / "dataset_info.json").write_text("{}")
+    with tfds.testing.mock_data(num_examples=3):  # stands in for a real prepared copy
+        documents = list(sources.pg19_source("test", str(tmp_path)).read())
+    assert len(documents) == 3 and all(isinstance(d, bytes) and d for _, d in documents)
