@@ -162,6 +162,10 @@ SWORD_MODULES = {  # package -> (module name in its mods.d, corpus folder, docum
 _NOTE = re.compile(r"<note\b[^>]*>.*?</note>", re.S)
 _BREAK = re.compile(r"<(?:lb|/?p|/l|/title|/lg|/item|div\b[^>]*type=\"(?:x-p|paragraph)\")[^>]*>")
 _TAG = re.compile(r"<[^>]*>")
+_CUT_TAG = re.compile(r"<[^>]*$")  # mod2imp cuts some very long entries inside a tag
+_ESCAPED_HTML = re.compile(r"</?(?:ol|ul|li|p|br|b|i)\b[^>]*>")
+_BOOK_DIV = re.compile(r'osisID="(\w+)"[^>]*type="book"')
+_CHAPTER = re.compile(r'<chapter\b[^>]*osisID="(\w+)\.\d+"')
 
 
 def strip_osis(raw: str) -> str:
@@ -170,7 +174,8 @@ def strip_osis(raw: str) -> str:
     # created`); a space keeps the words apart.
     text = _NOTE.sub(" ", raw)
     text = _BREAK.sub("\n", text)
-    text = html.unescape(_TAG.sub("", text))
+    text = html.unescape(_TAG.sub("", _CUT_TAG.sub("", text)))
+    text = _ESCAPED_HTML.sub("", text)  # a few entries carry escaped HTML list tags (`&lt;/ol&gt;`)
     lines = (re.sub(r"[ \t\u00a0]+", " ", line).strip() for line in text.split("\n"))
     return re.sub(r"\n{3,}", "\n\n", "\n".join(lines)).strip()
 
@@ -205,14 +210,29 @@ def sword_documents(downloads: pathlib.Path, versions: dict) -> Iterator[Documen
         export = _run(["mod2imp", module], env=env)
         if not export.strip():
             raise StepUnavailable(f"mod2imp exported nothing for {module} from {root}")
+        entries = list(_imp_entries(export))
+        # OSIS id of each book, from its chapter tags; a book introduction that declares another
+        # book is text the module could not place (WEB files Greek Daniel under Hosea 0:0): it
+        # becomes a document of its own so it cannot leak across splits with its real book.
+        book_ids: dict[str, str] = {}
+        for key, raw in entries:
+            chapter_tag = _CHAPTER.search(raw)
+            if chapter_tag and not key.endswith(" 0:0"):
+                book_ids.setdefault(key.rpartition(" ")[0], chapter_tag.group(1))
+        book_of_id = {osis: book for book, osis in book_ids.items()}
         groups: dict[str, list[str]] = {}
+        split_book: dict[str, str] = {}  # group -> the book whose split it must share
         skipped = 0
-        for key, raw in _imp_entries(export):
+        for key, raw in entries:
             match = re.fullmatch(r"(.+?) (\d+):(\d+)", key)
             if not match:  # module/testament headings: importer metadata, no text
                 skipped += 1
                 continue
             book, chapter, verse = match.group(1), int(match.group(2)), int(match.group(3))
+            declared = _BOOK_DIV.search(raw)
+            if declared and book in book_ids and declared.group(1) != book_ids[book]:
+                book = declared.group(1)  # e.g. DanGr: Daniel with the Greek additions
+                split_book[_slug(book)] = _slug(book_of_id.get(book.removesuffix("Gr"), book))
             text = strip_osis(raw)
             if not text:
                 continue
@@ -229,7 +249,8 @@ def sword_documents(downloads: pathlib.Path, versions: dict) -> Iterator[Documen
         for group, parts in groups.items():
             name = f"{folder}/{group}.txt"
             # The same biblical book goes to the same split in KJV, WEB and Scofield.
-            key = f"tdavid:{group}" if granularity == "chapter" else f"bible:{group}"
+            key = (f"tdavid:{group}" if granularity == "chapter"
+                   else f"bible:{split_book.get(group, group)}")
             separator = "\n" if granularity == "book" and folder != "scofield" else "\n\n"
             yield name, key, separator.join(parts).encode("utf-8") + b"\n"
 
