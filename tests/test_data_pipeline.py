@@ -137,3 +137,13 @@ def test_entry_point_prints_one_line_and_exits_2(tmp_path):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
         f"error: --text_dir={tmp_path / 'nope'} is not a folder: pass a folder of text files"]
+
+
+def test_synthetic_task_needs_no_files(tmp_path, monkeypatch):
+    monkeypatch.setenv("MELODI_DATA_DIR", str(tmp_path / "data"))
+    stream = make_lanes("synthetic_bytes", "train", batch_size=2, segment_length=64,
+                        window_length=16, train=True)
+    batch = next(stream)
+    assert batch["inputs"].shape == (2, 64) and batch["doc_start"].shape == (2, 4)
+    assert stream.vocab_size == 256 and batch["doc_start"][:, 0].all()
+    assert not (tmp_path / "data").exists()  # synthetic documents are never cached

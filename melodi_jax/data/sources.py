@@ -27,6 +27,7 @@ class DocumentSource:
     description: str  # e.g. "books/train", for messages
     fingerprint: str  # changes whenever the documents may have changed
     read: Callable[[], Iterator[tuple[str, bytes]]]
+    cacheable: bool = True  # False: cheaper to regenerate than to cache (synthetic)
 
 
 def _check_split(split: str) -> None:
@@ -116,7 +117,8 @@ def synthetic_source(split: str, num_documents: int = 24) -> DocumentSource:
             body = " ".join(rng.choice(words, int(rng.integers(20, 400))))
             yield f"synthetic/{split}/{i:03d}.txt", f"key {key}\n{body}\nkey was {key}\n".encode()
 
-    return DocumentSource(f"synthetic/{split}", f"synthetic-v1-{split}-{num_documents}", read)
+    return DocumentSource(f"synthetic/{split}", f"synthetic-v1-{split}-{num_documents}", read,
+                          cacheable=False)
 
 
 def source_for(corpus: str, split: str, *, text_dir: str | None = None,

@@ -84,6 +84,10 @@ def report(source: DocumentSource, vocab: Vocabulary, counts: dict) -> None:
 def load_documents(source: DocumentSource, vocab: Vocabulary, *,
                    cache_dir: str | os.PathLike | None = None) -> Documents:
     """The tokenised documents of `source`, from the cache when it is there (built otherwise)."""
+    if not source.cacheable:
+        documents, counts = tokenize(source, vocab)
+        report(source, vocab, counts)
+        return documents
     key = hashlib.sha256(f"{CACHE_VERSION}\0{source.fingerprint}\0{_vocab_fingerprint(vocab)}"
                          .encode()).hexdigest()[:20]
     root = pathlib.Path(cache_dir) if cache_dir else data_root() / "cache" / "tokens"
