@@ -41,7 +41,7 @@ def main(argv):
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import checkpoints, config, evaluator, inputs, partitioning  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import checkpoints, config, evaluator, inputs, optim, partitioning  # pylint: disable=g-import-not-at-top,unused-import
 
   cli.parse_gin([operative] + list(FLAGS.gin_file), FLAGS.gin_bindings, FLAGS.gin_search_paths)
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
@@ -82,7 +82,8 @@ def main(argv):
   checkpointer.close()
   print(f'{spec.name}/{spec.split} step {result.step}: {result.nats_per_token:.4f} nats/token, '
         f'perplexity {result.perplexity:.3f}, {result.bits_per_byte:.4f} bits/byte over '
-        f'{result.tokens:.0f} tokens / {result.bytes:.0f} bytes -> {path}')
+        f'{result.tokens:.0f} predicted tokens ({result.documents} documents, '
+        f'{result.bytes:.0f} bytes) -> {path}')
 
 
 if __name__ == '__main__':

@@ -21,9 +21,10 @@ def main(argv):
   workdir = cli.check_workdir(FLAGS.workdir)
   # Imported here so that gin knows every configurable before the files are parsed.
   from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
-  from melodi_jax.train import config, trainer  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import config, optim  # pylint: disable=g-import-not-at-top,unused-import
   cli.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
-  train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
+  train_config = cli.call_gin(config.TrainConfig, 'TrainConfig').validate()
+  from melodi_jax.train import trainer  # pylint: disable=g-import-not-at-top  (slow: clu, TF)
   try:
     trainer.train(train_config, workdir, tfds_data_dir=FLAGS.tfds_data_dir)
   except trainer.TrainingDiverged as e:

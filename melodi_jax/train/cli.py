@@ -136,6 +136,8 @@ class _QuietLibraries(logging.Filter):
     if record.levelno >= logging.WARNING:
       return True
     path = record.pathname.replace(os.sep, '/')
+    if path.endswith('/resource_reader.py'):  # gin probing search paths for `include`s
+      return False
     return '/orbax/' not in path and '/jax/_src/' not in path
 
 

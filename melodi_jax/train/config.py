@@ -14,10 +14,10 @@ from melodi_jax.train.errors import UserError
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
   """Run settings; every field is a gin knob (`TrainConfig.num_steps = 1000`)."""
-  task: str = 'synthetic'             # data task name (melodi_jax.data); see text_dir
+  task: str = 'synthetic_bytes'       # '<corpus>_<vocabulary>' (melodi_jax.data.TASKS)
   train_split: str = 'train'
   eval_split: str = 'validation'      # split evaluated every eval_every steps
-  text_dir: str | None = None         # a folder of text files used instead of `task`
+  text_dir: str | None = None         # a folder of text files read with task's vocabulary
   num_steps: int = 1000               # total optimizer steps
   batch_size: int = 8                 # global lanes per step, over all processes
   segment_length: int = 512           # T: tokens per lane per step (a multiple of the window)

@@ -10,6 +10,7 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax.train import inputs, metrics, partitioning
@@ -21,9 +22,11 @@ class EvalResult:
   task: str
   split: str
   step: int
-  tokens: float            # real (weighted) target tokens
-  bytes: float             # bytes of text those tokens stand for
-  nats: float              # summed -log p over those tokens
+  tokens: float            # predicted (weighted) target tokens
+  bytes: float             # bytes of every document read (its first token is not predicted)
+  predicted_bytes: float   # bytes of the predicted tokens: bits_per_byte is over these
+  documents: int           # documents read
+  nats: float              # summed -log p over the predicted tokens
   nats_per_token: float
   perplexity: float
   bits_per_byte: float
@@ -64,22 +67,33 @@ class Evaluator:
     self._init_memory = jax.jit(lambda: model.init_memory(spec.batch_size),
                                 out_shardings=memory_sharding)
 
-    def eval_step(params, memory, batch):
+    def eval_step(params, memory, batch, token_bytes):
       logits, memory = model.apply({'params': params}, batch['inputs'], memory,
                                    batch['doc_start'])
-      return memory, metrics.loss_sums(logits, batch['targets'], batch['loss_weights'],
-                                       batch['bytes'])
+      sums = metrics.loss_sums(logits, batch['targets'], batch['loss_weights'], batch['bytes'])
+      # A document's first token has no target, but its bytes belong to the text read.
+      first_tokens = batch['inputs'][:, ::spec.window_length]                # int32[B, N]
+      sums['first_token_bytes'] = jnp.sum(jnp.where(batch['doc_start'],
+                                                    token_bytes[first_tokens], 0.0))
+      sums['documents'] = jnp.sum(batch['doc_start'].astype(jnp.float32))
+      return memory, sums
 
     self._eval_step = jax.jit(
-        eval_step, in_shardings=(params_sharding, memory_sharding, self._batch_sharding),
+        eval_step,
+        in_shardings=(params_sharding, memory_sharding, self._batch_sharding,
+                      partitioning.replicated(mesh)),
         out_shardings=(memory_sharding, partitioning.replicated(mesh)), donate_argnums=(1,))
 
   def open(self):
     """Opens the stream (raises the data layer's errors before any work is done)."""
-    return inputs.open_stream(self.spec, self._factory)
+    return inputs.open_stream(self.spec, self._factory, self.model.vocab_size)
 
   def run(self, params, step: int, stream=None) -> EvalResult:
     stream = stream if stream is not None else self.open()
+    token_bytes = getattr(stream, 'token_bytes', None)  # float32[V]: UTF-8 bytes per token id
+    if token_bytes is None:
+      token_bytes = np.ones([self.model.vocab_size], np.float32)
+    token_bytes = jnp.asarray(token_bytes, jnp.float32)
     memory = self._init_memory()
     sums, batches, complete = [], 0, True
     while True:
@@ -91,17 +105,19 @@ class Evaluator:
         break
       if batch is None:  # this process has read all its documents, others have not
         batch = inputs.empty_batch(self.spec)
-      memory, batch_sums = self._eval_step(params, memory,
-                                           inputs.global_batch(batch, self._batch_sharding))
+      memory, batch_sums = self._eval_step(
+          params, memory, inputs.global_batch(batch, self._batch_sharding), token_bytes)
       sums.append(batch_sums)
       batches += 1
-    totals = {k: float(np.sum([np.float64(s[k]) for s in jax.device_get(sums)]))
-              for k in ('nats', 'tokens', 'bytes')} if sums else dict(nats=0., tokens=0., bytes=0.)
+    keys = ('nats', 'tokens', 'bytes', 'first_token_bytes', 'documents')
+    host_sums = jax.device_get(sums)
+    totals = {k: float(np.sum([np.float64(s[k]) for s in host_sums])) for k in keys}
     nats_per_token = totals['nats'] / totals['tokens'] if totals['tokens'] else float('nan')
     floats, shapes = memory_sizes(self._abstract_memory, self.spec.batch_size)
     return EvalResult(
         task=self.spec.name, split=self.spec.split, step=int(step), tokens=totals['tokens'],
-        bytes=totals['bytes'], nats=totals['nats'], nats_per_token=nats_per_token,
+        bytes=totals['bytes'] + totals['first_token_bytes'], predicted_bytes=totals['bytes'],
+        documents=int(totals['documents']), nats=totals['nats'], nats_per_token=nats_per_token,
         perplexity=math.exp(nats_per_token) if math.isfinite(nats_per_token) else float('nan'),
         bits_per_byte=metrics.bits_per_byte(totals['nats'], totals['bytes']), batches=batches,
         complete=complete, batch_size=self.spec.batch_size,

@@ -23,29 +23,38 @@ BATCH_KEYS = ('inputs', 'targets', 'loss_weights', 'doc_start', 'bytes')
 @dataclasses.dataclass(frozen=True)
 class StreamSpec:
   """Which lanes to read: a task/split (or a folder of text files) at a global batch size."""
-  task: str
+  task: str                # '<corpus>_<vocabulary>', e.g. 'books_bytes' (melodi_jax.data.TASKS)
   split: str
   batch_size: int          # global lanes, all processes
   segment_length: int      # T
   window_length: int       # W
   train: bool              # shuffled, endless; False: in order, ends after every document
   seed: int = 0
-  text_dir: str | None = None
+  text_dir: str | None = None   # read these files (with the task's vocabulary) instead
   tfds_data_dir: str | None = None
 
   @property
-  def name(self) -> str:
-    """The task name in file names; a text folder is `text_<folder name>`."""
+  def data_task(self) -> str:
+    """The data layer's task: with a text folder, 'text_dir_<vocabulary of task>'."""
     if self.text_dir:
-      return 'text_' + os.path.basename(os.path.normpath(self.text_dir))
+      return 'text_dir_' + self.task.rpartition('_')[2]
+    return self.task
+
+  @property
+  def name(self) -> str:
+    """The task name in result file names; a text folder is `text_dir_<folder name>`."""
+    if self.text_dir:
+      return 'text_dir_' + os.path.basename(os.path.normpath(self.text_dir))
     return self.task
 
 
 StreamFactory = Callable[..., Iterator[Batch]]
 
 
-def open_stream(spec: StreamSpec, factory: StreamFactory | None = None):
-  """This process's share of the lanes (`melodi_jax.data.make_lanes` unless a factory is given)."""
+def open_stream(spec: StreamSpec, factory: StreamFactory | None = None,
+                vocab_size: int | None = None):
+  """This process's share of the lanes (`melodi_jax.data.make_lanes` unless a factory is given).
+  Raises UserError when the lanes do not fit the model (window, vocabulary, batch)."""
   if spec.segment_length % spec.window_length:
     raise UserError(f'segment_length={spec.segment_length} is not a multiple of the model window '
                     f'{spec.window_length}; set TrainConfig.segment_length to a multiple of it')
@@ -55,11 +64,16 @@ def open_stream(spec: StreamSpec, factory: StreamFactory | None = None):
   if factory is None:
     from melodi_jax import data  # pylint: disable=g-import-not-at-top
     factory = data.make_lanes
-  return factory(spec.task, spec.split, text_dir=spec.text_dir,
-                 batch_size=spec.batch_size // processes, segment_length=spec.segment_length,
-                 window_length=spec.window_length, train=spec.train, seed=spec.seed,
-                 shard_index=jax.process_index(), num_shards=processes,
-                 tfds_data_dir=spec.tfds_data_dir)
+  stream = factory(spec.data_task, spec.split, text_dir=spec.text_dir,
+                   batch_size=spec.batch_size // processes, segment_length=spec.segment_length,
+                   window_length=spec.window_length, train=spec.train, seed=spec.seed,
+                   shard_index=jax.process_index(), num_shards=processes,
+                   tfds_data_dir=spec.tfds_data_dir)
+  data_vocab = getattr(stream, 'vocab_size', None)
+  if vocab_size is not None and data_vocab is not None and data_vocab > vocab_size:
+    raise UserError(f'task {spec.data_task!r} has {data_vocab} token ids but the model has '
+                    f'ModelConfig.vocab_size={vocab_size}; make them match')
+  return stream
 
 
 def restore_stream(stream, lane_state: dict):
@@ -81,7 +95,7 @@ def empty_batch(spec: StreamSpec) -> Batch:
   return {'inputs': np.zeros((lanes, spec.segment_length), np.int32),
           'targets': np.zeros((lanes, spec.segment_length), np.int32),
           'loss_weights': np.zeros((lanes, spec.segment_length), np.float32),
-          'doc_start': np.ones((lanes, windows), bool),
+          'doc_start': np.zeros((lanes, windows), bool),
           'bytes': np.zeros((lanes,), np.float32)}
 
 

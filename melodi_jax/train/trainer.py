@@ -111,7 +111,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
       task=config.task, split=config.train_split, batch_size=batch_size,
       segment_length=segment_length, window_length=window_length, train=True, seed=config.seed,
       text_dir=config.text_dir, tfds_data_dir=tfds_data_dir)
-  stream = inputs.open_stream(train_spec, stream_factory)
+  stream = inputs.open_stream(train_spec, stream_factory, model.vocab_size)
   windows = segment_length // window_length
   tokens_per_step = batch_size * segment_length
   batch_sharding = partitioning.batch_sharding(mesh)
@@ -227,6 +227,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
     eval_runner = evaluator.Evaluator(model, mesh, params_sharding, eval_spec,
                                       stream_factory=stream_factory,
                                       max_batches=config.eval_max_batches)
+    eval_runner.open()  # a missing eval split is reported now, not at the first eval
 
   # ---------------------------------------------------------------------------------------
   # Loop.
