@@ -2,6 +2,7 @@
 the data layer's batch format and state()/restore()."""
 import functools
 import json
+import sys
 import os
 import tempfile
 
@@ -49,10 +50,13 @@ def train_config(**overrides):
   return config.TrainConfig(**values)
 
 
-def run_training(workdir, model=None, **overrides):
-  """Trains in-process on synthetic lanes; returns {step: loss} read from train_metrics.jsonl."""
+def run_training(workdir, model=None, stream_factory='synthetic', **overrides):
+  """Trains in-process (on SyntheticLanes unless `stream_factory` is None: the data layer);
+  returns {step: loss} read from train_metrics.jsonl."""
+  if stream_factory == 'synthetic':
+    stream_factory = synthetic_factory
   trainer.train(train_config(**overrides), str(workdir), model=model or tiny_model(),
-                stream_factory=synthetic_factory, optimizer_config=optimizer())
+                stream_factory=stream_factory, optimizer_config=optimizer())
   return read_losses(workdir)
 
 
@@ -126,3 +130,26 @@ class SyntheticLanes:
 def synthetic_factory(task, split, **kwargs):
   del task, split
   return SyntheticLanes(**kwargs)
+
+
+def cli_command(module, workdir, *flags):
+  """`python -m melodi_jax.<module>` on the tiny model, one device, synthetic bytes."""
+  bindings = MODEL_BINDINGS + [
+      f'TrainConfig.segment_length = {SEGMENT}', 'TrainConfig.batch_size = 8',
+      'TrainConfig.mesh_shape = (1, 1)', 'TrainConfig.log_every = 1',
+      'TrainConfig.eval_every = 0', 'TrainConfig.checkpoint_every = 1000',
+      'OptimizerConfig.warmup_steps = 2', 'OptimizerConfig.decay_steps = 100']
+  gin_flags = [f'--gin_file={f}' for f in MODEL_GIN + ['runtime/cpu.gin']]
+  if module == 'evaluate':
+    gin_flags, bindings = [], []
+  return ([sys.executable, '-m', f'melodi_jax.{module}', f'--workdir={workdir}'] + gin_flags +
+          [f'--gin_bindings={b}' for b in bindings] + list(flags))
+
+
+def cli_env(data_dir):
+  env = dict(os.environ, MELODI_DATA_DIR=str(data_dir), **CACHE_ENV)
+  env['PYTHONPATH'] = os.pathsep.join([REPO] + [p for p in [env.get('PYTHONPATH')] if p])
+  return env
+
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))

@@ -8,6 +8,7 @@ import logging
 import os
 import pathlib
 import sys
+import tempfile
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
@@ -94,7 +95,8 @@ def call_gin(fn: Callable, what: str):
 
 
 def check_workdir(workdir: str | None) -> str:
-  """Returns the absolute workdir after checking it can be written; creates nothing."""
+  """Returns the absolute workdir after checking that a file can be created in it (or in its
+  nearest existing parent); leaves nothing behind."""
   if not workdir:
     raise UserError('--workdir is required: pass the folder for checkpoints and metrics')
   workdir = os.path.abspath(workdir)
@@ -103,9 +105,13 @@ def check_workdir(workdir: str | None) -> str:
     probe = os.path.dirname(probe)
   if not os.path.isdir(probe):
     raise UserError(f'--workdir={workdir}: {probe} is a file, not a folder; pick another workdir')
-  if not os.access(probe, os.W_OK | os.X_OK):
-    raise UserError(f'--workdir={workdir} is not writable ({probe} denies write access); pass a '
-                    'folder you can write to')
+  try:
+    handle, name = tempfile.mkstemp(prefix='.melodi_write_probe_', dir=probe)
+    os.close(handle)
+    os.remove(name)
+  except OSError as e:
+    raise UserError(f'--workdir={workdir} is not writable ({probe}: {e.strerror}); pass a folder '
+                    'you can write to') from None
   return workdir
 
 
@@ -133,11 +139,11 @@ class _QuietLibraries(logging.Filter):
   """Drops INFO lines of orbax and jax internals, so the progress line stays readable."""
 
   def filter(self, record: logging.LogRecord) -> bool:
-    if record.levelno >= logging.WARNING:
-      return True
     path = record.pathname.replace(os.sep, '/')
     if path.endswith('/resource_reader.py'):  # gin probing search paths for `include`s
       return False
+    if record.levelno >= logging.WARNING:
+      return True
     return '/orbax/' not in path and '/jax/_src/' not in path
 
 

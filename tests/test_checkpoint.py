@@ -1,0 +1,34 @@
+"""Checkpoints: a latest checkpoint that cannot be read is reported and the one before is used."""
+import glob
+import logging
+import os
+
+import pytest
+
+import test_train_support as support
+
+
+@pytest.fixture(autouse=True, scope='module')
+def _cache():
+  support.use_compile_cache()
+
+
+def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+  first = support.run_training(tmp_path, num_steps=4, checkpoint_every=2)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2', '4']
+  data_files = glob.glob(str(tmp_path / 'checkpoints' / '4' / 'params' / 'd' / '*'))
+  assert data_files
+  for path in data_files:
+    os.truncate(path, os.path.getsize(path) // 2)
+
+  with caplog.at_level(logging.WARNING):
+    support.run_training(tmp_path, num_steps=5, checkpoint_every=2)
+  assert any('checkpoint at step 4' in r.getMessage() and 'falling back' in r.getMessage()
+             for r in caplog.records), [r.getMessage() for r in caplog.records]
+  assert os.path.isdir(tmp_path / 'checkpoints' / '4.corrupt')
+  with open(tmp_path / 'train_metrics.jsonl') as f:
+    rerun = [__import__('json').loads(line) for line in f][4:]
+  # The second run restarted after step 2 and replays steps 3 and 4 exactly.
+  assert [row['step'] for row in rerun] == [3, 4, 5]
+  assert [row['loss'] for row in rerun[:2]] == [first[3], first[4]]
+  assert sorted(os.listdir(tmp_path / 'checkpoints'))[:3] == ['2', '4', '4.corrupt']
