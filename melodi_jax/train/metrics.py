@@ -1,9 +1,8 @@
 """Loss sums, and where metrics go: TensorBoard event files (clu's SummaryWriter),
-`train_metrics.jsonl` (a clu MetricWriter of ours), and one progress line per log interval."""
+`train_metrics.jsonl` (writers.py) and one progress line per log interval."""
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import os
 import time
@@ -11,7 +10,6 @@ from collections.abc import Mapping
 from typing import Any
 
 from absl import logging
-from clu import metric_writers
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -37,46 +35,6 @@ def bits_per_byte(nats: float, num_bytes: float) -> float:
   return nats / LN2 / num_bytes if num_bytes else float('nan')
 
 
-class JsonlMetricWriter(metric_writers.MetricWriter):
-  """One JSON object per written step: {"step": N, "loss": ..., ...}; appends across restarts."""
-
-  def __init__(self, path: str):
-    self._file = open(path, 'a', encoding='utf-8')  # pylint: disable=consider-using-with
-
-  def write_scalars(self, step: int, scalars: Mapping[str, Any]):
-    row = {'step': int(step)}
-    row.update({k: float(v) for k, v in scalars.items()})
-    self._file.write(json.dumps(row) + '\n')
-    self._file.flush()
-
-  def write_summaries(self, step, values, metadata=None):
-    del step, values, metadata
-
-  def write_images(self, step, images):
-    del step, images
-
-  def write_videos(self, step, videos):
-    del step, videos
-
-  def write_audios(self, step, audios, *, sample_rate):
-    del step, audios, sample_rate
-
-  def write_texts(self, step, texts):
-    del step, texts
-
-  def write_histograms(self, step, arrays, num_buckets=None):
-    del step, arrays, num_buckets
-
-  def write_hparams(self, hparams):
-    del hparams
-
-  def flush(self):
-    self._file.flush()
-
-  def close(self):
-    self._file.close()
-
-
 def _clock(seconds: float) -> str:
   if not math.isfinite(seconds):
     return '?'
@@ -97,8 +55,10 @@ class MetricLogger:
     self._last_time, self._last_step = self._start_time, self.start_step
     self._tensorboard = self._jsonl = None
     if self.primary:
-      self._tensorboard = metric_writers.SummaryWriter(self.workdir)
-      self._jsonl = JsonlMetricWriter(os.path.join(self.workdir, 'train_metrics.jsonl'))
+      # clu's writers import TensorFlow (seconds): only once a run really starts.
+      from melodi_jax.train import writers  # pylint: disable=g-import-not-at-top
+      self._tensorboard = writers.tensorboard_writer(self.workdir)
+      self._jsonl = writers.JsonlMetricWriter(os.path.join(self.workdir, 'train_metrics.jsonl'))
 
   def train(self, step: int, scalars: Mapping[str, float], tokens_per_step: int):
     """Logs a training step: scalars must hold `loss` (nats/token) and `bits_per_byte`."""
