@@ -83,7 +83,7 @@ class LaneStream:
     never the tokens inside a document, and cycles epochs forever. Evaluation takes documents
     longest first (a fixed order, no shuffle), reads every document to its end, pads finished lanes
     with zero weight until all lanes are done, then raises StopIteration. Shard s of n holds
-    documents s, s + n, s + 2n, ... of the split (in corpus order).
+    documents s, s + n, s + 2n, ... of the split sorted longest first (balanced shard lengths).
     """
 
     def __init__(self, documents: Documents, *, batch_size: int, segment_length: int,
@@ -110,11 +110,14 @@ class LaneStream:
         self.token_bytes = (np.asarray(token_bytes, np.float32) if token_bytes is not None
                             else np.ones([max(256, int(documents.tokens.max(initial=0)) + 1)],
                                          np.float32))
-        self.shard_documents = np.arange(shard_index, len(documents), num_shards, dtype=np.int64)
+        self._lengths = documents.lengths()
+        # Deal documents to shards by length, longest first, so shards hold similar token counts
+        # and finish evaluation at about the same step.
+        by_length = np.argsort(-self._lengths, kind="stable")
+        self.shard_documents = np.sort(by_length[shard_index::num_shards])
         if len(self.shard_documents) == 0:
             raise DataError(f"data shard {shard_index} of {num_shards} has no documents "
                             f"(the split has {len(documents)}): use fewer shards or more documents")
-        self._lengths = documents.lengths()
         self._order_epoch = -1
         self._order = self.shard_documents
         # Evaluation reads longest first (ties in corpus order): long documents then no longer

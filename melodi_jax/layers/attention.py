@@ -1,0 +1,173 @@
+"""The one attention implementation every layer kind uses.
+
+`dot_product_attention` is the primitive (masking, bias, dropout, empty rows). `Attention` is the
+projected, pre-normed sub-layer: its queries attend to their own keys plus any `KeyGroup`s a memory
+supplies (short-term memory, XL cache, retrieved chunks, ...) under one causal mask over positions,
+and optionally to a second, gated `cross` group (long-term memory, kNN memory, recurrent states).
+"""
+
+from typing import NamedTuple, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from melodi_jax.layers import axes
+from melodi_jax.layers.norms import RMSNorm
+from melodi_jax.layers.position import RelativePositionBias
+
+_MASKED = -1e30  # finite so fully-masked rows stay NaN-free; their output is zeroed below
+
+
+class KeyGroup(NamedTuple):
+  """Keys and values a query may attend to.
+
+  keys, values: [B, K, H, Dh]; positions: int[K] static numpy (None for position-free memory,
+  e.g. cross-attention); valid: bool[B, K] or None (all valid). Invalid (empty) slots never
+  receive attention.
+  """
+  keys: jax.Array
+  values: jax.Array
+  positions: np.ndarray | None = None
+  valid: jax.Array | None = None
+
+
+class AttentionOutput(NamedTuple):
+  """output: [B, Tq, d] (no residual); keys/values: [B, Tq, H, Dh] of the queries' own tokens."""
+  output: jax.Array
+  keys: jax.Array
+  values: jax.Array
+
+
+def causal_mask(query_positions: np.ndarray, key_positions: np.ndarray,
+                span: int | None = None) -> np.ndarray:
+  """bool[Tq, Tk]: key position <= query position (and within `span` tokens back, if given)."""
+  rel = key_positions[None, :] - query_positions[:, None]
+  mask = rel <= 0
+  if span is not None:
+    mask &= rel > -span
+  return mask
+
+
+def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
+                          mask: jax.Array, bias: jax.Array | None = None, *,
+                          dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
+                          deterministic: bool = True) -> jax.Array:
+  """Softmax attention; a query with no allowed key gets a zero output.
+
+  query: [B, Tq, H, Dh] (already scaled); keys, values: [B, Tk, H, Dh];
+  mask: bool broadcastable to [B, H, Tq, Tk]; bias: float broadcastable to [B, H, Tq, Tk].
+  Returns [B, Tq, H, Dh] in the query dtype. Softmax runs in float32.
+  """
+  logits = jnp.einsum('bqhd,bkhd->bhqk', query, keys, preferred_element_type=jnp.float32)
+  if bias is not None:
+    logits = logits + bias
+  logits = jnp.where(mask, logits, _MASKED)
+  probs = jax.nn.softmax(logits, axis=-1) * mask
+  if not deterministic and dropout_rate > 0.0:
+    keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
+    probs = probs * keep / (1.0 - dropout_rate)
+  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(values.dtype), values)
+
+
+class Attention(nn.Module):
+  """Pre-norm multi-head attention with T5 relative position bias.
+
+  Fields: `cross_gate` creates the learned gate theta[H, Dh] that mixes self- and cross-attention
+  per head-channel as g * self + (1 - g) * cross with g = sigmoid(theta); `span` limits how far
+  back (in positions) a query may look (Transformer-XL's sliding window).
+  """
+  model_dim: int
+  num_heads: int
+  head_dim: int
+  dropout_rate: float = 0.0
+  normalize_qk: bool = False
+  position_buckets: int = 32
+  position_max_distance: int = 128
+  cross_gate: bool = False
+  dtype: jnp.dtype = jnp.float32
+
+  def setup(self):
+    init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
+    def projection(name):
+      return nn.DenseGeneral((self.num_heads, self.head_dim), use_bias=False, dtype=self.dtype,
+                             name=name, kernel_init=nn.with_logical_partitioning(
+                                 init, (axes.EMBED, axes.HEADS, axes.KV)))
+    self.norm = RMSNorm(dtype=self.dtype)
+    self.query, self.key, self.value = projection('query'), projection('key'), projection('value')
+    self.out = nn.DenseGeneral(self.model_dim, axis=(-2, -1), use_bias=False, dtype=self.dtype,
+                               kernel_init=nn.with_logical_partitioning(
+                                   init, (axes.HEADS, axes.KV, axes.EMBED)))
+    self.dropout = nn.Dropout(self.dropout_rate)
+    self.position_bias = RelativePositionBias(self.num_heads, self.position_buckets,
+                                              self.position_max_distance)
+    if self.normalize_qk:
+      self.qk_scale = self.param('qk_scale', nn.initializers.constant(self.head_dim ** 0.5),
+                                 (self.num_heads,), jnp.float32)
+    if self.cross_gate:
+      self.gate_logit = self.param('gate_logit', nn.initializers.zeros,
+                                   (self.num_heads, self.head_dim), jnp.float32)
+
+  def key_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Keys and values of hidden states x: [B, K, d] -> ([B, K, H, Dh], [B, K, H, Dh])."""
+    h = self.norm(x)
+    keys, values = self.key(h), self.value(h)
+    if self.normalize_qk:
+      keys = _l2_normalize(keys)
+    return keys, values
+
+  def __call__(self, x: jax.Array, positions: np.ndarray, groups: Sequence[KeyGroup] = (),
+               cross: KeyGroup | None = None, span: int | None = None,
+               deterministic: bool = True) -> AttentionOutput:
+    """x: [B, Tq, d] at int positions[Tq] (static); attends to `groups` + its own tokens."""
+    h = self.norm(x)
+    query, keys, values = self.query(h), self.key(h), self.value(h)
+    if self.normalize_qk:
+      keys = _l2_normalize(keys)
+      query = _l2_normalize(query) * self.qk_scale[:, None].astype(self.dtype)
+    else:
+      query = query * self.head_dim ** -0.5
+    own = KeyGroup(keys, values, np.asarray(positions), None)
+    everything = list(groups) + [own]
+    all_keys = jnp.concatenate([g.keys.astype(self.dtype) for g in everything], axis=1)
+    all_values = jnp.concatenate([g.values.astype(self.dtype) for g in everything], axis=1)
+    key_positions = np.concatenate([g.positions for g in everything])
+    mask = jnp.asarray(causal_mask(np.asarray(positions), key_positions, span))[None, None]
+    if any(g.valid is not None for g in everything):
+      valid = jnp.concatenate([_valid_or_ones(g) for g in everything], axis=1)
+      mask = mask & valid[:, None, None, :]
+    bias = self.position_bias(np.asarray(positions), key_positions)
+    dropout_rng = None if deterministic else self.make_rng('dropout')
+    out = dot_product_attention(query, all_keys, all_values, mask, bias,
+                                dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                deterministic=deterministic)
+    if cross is not None:
+      assert self.cross_gate, 'cross-attention needs Attention(cross_gate=True)'
+      out = self._gated_cross(query, out, cross, deterministic)
+    output = self.dropout(self.out(out), deterministic=deterministic)
+    return AttentionOutput(output, keys, values)
+
+  def _gated_cross(self, query, self_out, cross: KeyGroup, deterministic: bool) -> jax.Array:
+    """g * self + (1 - g) * cross per head-channel; lanes whose cross memory is empty keep self."""
+    valid = _valid_or_ones(cross)
+    dropout_rng = None if deterministic else self.make_rng('dropout')
+    cross_out = dot_product_attention(query, cross.keys.astype(self.dtype),
+                                      cross.values.astype(self.dtype), valid[:, None, None, :],
+                                      dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                      deterministic=deterministic)
+    gate = jax.nn.sigmoid(self.gate_logit).astype(self.dtype)            # [H, Dh]
+    has_memory = jnp.any(valid, axis=1)[:, None, None, None]              # [B, 1, 1, 1]
+    gate = jnp.where(has_memory, gate, jnp.ones_like(gate))
+    return gate * self_out + (1 - gate) * cross_out
+
+
+def _l2_normalize(x: jax.Array) -> jax.Array:
+  x32 = x.astype(jnp.float32)
+  return (x32 * jax.lax.rsqrt(jnp.sum(x32 * x32, axis=-1, keepdims=True) + 1e-6)).astype(x.dtype)
+
+
+def _valid_or_ones(group: KeyGroup) -> jax.Array:
+  if group.valid is not None:
+    return group.valid
+  return jnp.ones(group.keys.shape[:2], bool)

@@ -1,0 +1,54 @@
+"""Build a window-recurrent decoder from gin files: `models.build(gin_files, bindings)`."""
+
+import os
+from typing import Sequence
+
+import gin
+
+from melodi_jax.models.config import ConfigError, ModelConfig
+from melodi_jax.models.decoder import DecoderLM
+from melodi_jax.models import stacks  # noqa: F401  (registers the stack plans with gin)
+
+CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
+    os.path.abspath(__file__)))), 'configs')
+
+
+def build_from_gin(segment_length: int | None = None) -> DecoderLM:
+  """The DecoderLM of the gin config parsed so far; checks it can work before any tracing."""
+  config = ModelConfig()
+  config.validate()
+  if segment_length is not None and segment_length % config.window_length:
+    raise ConfigError(f'segment length {segment_length} is not a multiple of '
+                      f'ModelConfig.window_length = {config.window_length}')
+  return DecoderLM(config)
+
+
+def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
+              search_paths: Sequence[str] = ()) -> None:
+  """Clears gin and parses files (found as given, or under `search_paths` and configs/)."""
+  gin.clear_config()
+  for path in list(search_paths) + [CONFIG_DIR]:
+    gin.add_config_file_search_path(path)
+  resolved = []
+  for name in gin_files:
+    candidates = [name] + [os.path.join(p, name) for p in list(search_paths) + [CONFIG_DIR]]
+    found = next((c for c in candidates if os.path.isfile(c)), None)
+    if found is None:
+      raise ConfigError(f'gin file {name!r} not found (looked in ., '
+                        f'{", ".join(list(search_paths) + [CONFIG_DIR])}): check --gin_file')
+    resolved.append(found)
+  try:
+    gin.parse_config_files_and_bindings(resolved, list(bindings))
+  except (ValueError, KeyError, SyntaxError, IOError) as e:
+    first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise ConfigError(f'gin config error: {first_line} (check the gin files and bindings)') from e
+
+
+def build(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *,
+          segment_length: int | None = None, search_paths: Sequence[str] = ()) -> DecoderLM:
+  """Parses gin files + bindings and returns the configured DecoderLM."""
+  parse_gin(gin_files, bindings, search_paths)
+  return build_from_gin(segment_length)
+
+
+__all__ = ['ConfigError', 'DecoderLM', 'ModelConfig', 'build', 'build_from_gin', 'parse_gin']

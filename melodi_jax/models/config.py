@@ -1,0 +1,102 @@
+"""The gin-configured model hyperparameters shared by every layer kind.
+
+Which layers carry which memory is decided by `ModelConfig.stack`, a stack plan (e.g.
+`MelodiStack`, `VanillaStack`) that returns one options object per layer; see models/stack.py.
+"""
+
+import dataclasses
+from typing import Any, Protocol
+
+import gin
+import jax.numpy as jnp
+
+
+class ConfigError(ValueError):
+  """A model configuration that cannot work; the message says which setting to change."""
+
+
+class LayerOptions(Protocol):
+  """What a stack plan returns per layer: it builds the layer and its initial memory."""
+
+  def module(self, config: 'ModelConfig', name: str) -> Any:
+    """The flax module of this layer: __call__(x, extras, memory, deterministic)."""
+
+  def initial_memory(self, config: 'ModelConfig', batch_size: int) -> dict:
+    """This layer's part of the memory pytree at a document start; every leaf [B, ...]."""
+
+
+class StackPlan(Protocol):
+  summary_tokens: int
+
+  def layers(self, config: 'ModelConfig') -> tuple[LayerOptions, ...]:
+    """One options object per layer, bottom to top."""
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+  """Sizes and switches of a window-recurrent decoder. Defaults: meliad's base MELODI config."""
+  vocab_size: int = 256             # bytes
+  num_layers: int = 12
+  model_dim: int = 1024             # d
+  num_heads: int = 8                # H
+  head_dim: int = 128               # Dh
+  mlp_dim: int = 4096
+  activation: str = 'relu'
+  window_length: int = 512          # W: tokens per window; a segment holds N = T / W windows
+  dropout_rate: float = 0.05        # residual and attention-probability dropout (train=True only)
+  normalize_qk: bool = False        # unit-norm keys/queries with a learned per-head scale
+  position_buckets: int = 32        # T5 relative position bias buckets ...
+  position_max_distance: int = 128  # ... and the distance where the last bucket starts
+  tie_embeddings: bool = False      # logits use the token embedding table
+  dtype: str = 'bfloat16'           # compute dtype; parameters stay float32
+  memory_dtype: str = 'float32'     # dtype of the carried memory pytree
+  remat: bool = False               # rematerialise each window in the backward pass
+  stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin
+
+  @property
+  def compute_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.dtype)
+
+  @property
+  def carry_dtype(self) -> jnp.dtype:
+    return jnp.dtype(self.memory_dtype)
+
+  def layer_options(self) -> tuple[LayerOptions, ...]:
+    if self.stack is None:
+      raise ConfigError('ModelConfig.stack is not set: bind it in gin, e.g. '
+                        'ModelConfig.stack = @MelodiStack() (see configs/models/).')
+    options = tuple(self.stack.layers(self))
+    if len(options) != self.num_layers:
+      raise ConfigError(f'the stack plan made {len(options)} layers for '
+                        f'ModelConfig.num_layers = {self.num_layers}')
+    return options
+
+  def attention_kwargs(self) -> dict:
+    """Keyword arguments of layers.attention.Attention for this model."""
+    return dict(model_dim=self.model_dim, num_heads=self.num_heads, head_dim=self.head_dim,
+                dropout_rate=self.dropout_rate, normalize_qk=self.normalize_qk,
+                position_buckets=self.position_buckets,
+                position_max_distance=self.position_max_distance, dtype=self.compute_dtype)
+
+  def validate(self) -> None:
+    """Raises ConfigError naming the gin parameter that cannot work."""
+    checks = [
+        (self.vocab_size > 0, 'ModelConfig.vocab_size must be positive'),
+        (self.num_layers > 0, 'ModelConfig.num_layers must be positive'),
+        (self.window_length > 0, 'ModelConfig.window_length must be positive'),
+        (self.model_dim > 0 and self.num_heads > 0 and self.head_dim > 0,
+         'ModelConfig.model_dim, num_heads and head_dim must be positive'),
+        (0.0 <= self.dropout_rate < 1.0, 'ModelConfig.dropout_rate must be in [0, 1)'),
+        (self.position_buckets >= 2 and self.position_max_distance > self.position_buckets // 2,
+         'ModelConfig.position_max_distance must exceed position_buckets / 2'),
+    ]
+    for ok, message in checks:
+      if not ok:
+        raise ConfigError(message)
+    for name in ('dtype', 'memory_dtype'):
+      try:
+        jnp.dtype(getattr(self, name))
+      except TypeError as e:
+        raise ConfigError(f'ModelConfig.{name} = {getattr(self, name)!r} is not a dtype') from e
+    self.layer_options()

@@ -1,0 +1,68 @@
+"""Stack plans: gin-configurable choices of which memory each layer carries.
+
+A plan returns one options object per layer (see models/config.py `LayerOptions`); the decoder
+builds the layers from them. To add a memory kind, write its layer + options and a plan here.
+"""
+
+import dataclasses
+
+import gin
+
+from melodi_jax.models.config import ConfigError, ModelConfig
+from melodi_jax.models.melodi_layer import MelodiLayerOptions
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MelodiStack:
+  """MELODI: short-term memory in every layer, long-term memory in `long_term_layers`."""
+  summary_tokens: int = 64             # S (0 disables summaries)
+  short_term_slots: int = 64           # M (0: the long-term-only ablation)
+  long_term_slots: int = 4096          # L
+  long_term_increment: int = 32        # I
+  long_term_layers: tuple = (6,)       # empty: the short-term-only ablation
+  mix_summaries: bool = True           # False: summaries pass up unmixed (ablation of M-up)
+
+  def layers(self, config: ModelConfig) -> tuple[MelodiLayerOptions, ...]:
+    self._validate(config)
+    plan = []
+    for index in range(config.num_layers):
+      top = index == config.num_layers - 1
+      long = index in self.long_term_layers
+      if not self.summary_tokens or top:
+        up = 'none'
+      else:
+        up = 'mix' if self.mix_summaries else 'pass'
+      plan.append(MelodiLayerOptions(
+          summary_tokens=self.summary_tokens, short_term_slots=self.short_term_slots,
+          long_term_slots=self.long_term_slots if long else 0,
+          long_term_increment=self.long_term_increment if long else 0, summaries_up=up))
+    return tuple(plan)
+
+  def _validate(self, config: ModelConfig) -> None:
+    if min(self.summary_tokens, self.short_term_slots) < 0:
+      raise ConfigError('MelodiStack.summary_tokens and short_term_slots must be >= 0')
+    for index in self.long_term_layers:
+      if not 0 <= index < config.num_layers:
+        raise ConfigError(f'MelodiStack.long_term_layers has {index}, outside 0..'
+                          f'{config.num_layers - 1} (ModelConfig.num_layers)')
+    if self.long_term_layers:
+      if self.long_term_increment <= 0:
+        raise ConfigError('MelodiStack.long_term_increment (I) must be > 0 with a long-term layer')
+      if self.long_term_slots < self.long_term_increment:
+        raise ConfigError(f'MelodiStack.long_term_slots (L = {self.long_term_slots}) must be at '
+                          f'least long_term_increment (I = {self.long_term_increment})')
+      if self.long_term_slots % self.long_term_increment:
+        raise ConfigError(f'MelodiStack.long_term_slots (L = {self.long_term_slots}) must be a '
+                          f'multiple of long_term_increment (I = {self.long_term_increment}) so '
+                          'the FIFO drops whole windows')
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class VanillaStack:
+  """No memory: attention stays inside each window (the floor every memory must beat)."""
+  summary_tokens: int = 0
+
+  def layers(self, config: ModelConfig) -> tuple[MelodiLayerOptions, ...]:
+    return tuple(MelodiLayerOptions() for _ in range(config.num_layers))

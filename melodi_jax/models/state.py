@@ -1,0 +1,35 @@
+"""The memory pytree: naming, initial values and the per-lane reset at document starts."""
+
+import jax
+import jax.numpy as jnp
+
+from melodi_jax.models.config import ModelConfig
+
+
+def layer_name(index: int) -> str:
+  """Name of layer `index`, used both for its parameters and for its part of the memory."""
+  return f'layer_{index:02d}'
+
+
+def initial_memory(config: ModelConfig, batch_size: int) -> dict:
+  """{layer_name: that layer's memory at a document start}; every leaf [B, ...]."""
+  return {layer_name(i): options.initial_memory(config, batch_size)
+          for i, options in enumerate(config.layer_options())}
+
+
+def reset(memory: dict, initial: dict, doc_start: jax.Array) -> dict:
+  """Lanes with doc_start (bool[B]) get the initial memory; the other lanes keep theirs."""
+  def choose(current, fresh):
+    lanes = doc_start.reshape(doc_start.shape + (1,) * (current.ndim - 1))
+    return jnp.where(lanes, fresh.astype(current.dtype), current)
+  return jax.tree_util.tree_map(choose, memory, initial)
+
+
+def filled_slots(memory: dict) -> dict:
+  """Number of filled slots per lane for every layer part with a validity mask (diagnostics)."""
+  counts = {}
+  for name, layer in memory.items():
+    for part, state in layer.items():
+      if isinstance(state, dict) and 'valid' in state:
+        counts[f'{name}/{part}'] = jnp.sum(state['valid'], axis=-1)
+  return counts

@@ -1,0 +1,135 @@
+"""Behaviour every model kind must have: causality, scan == unrolled, resets, flat compile size.
+
+Parametrised over tests/zoo.py CONFIGS, so a new memory kind gets these tests by adding a line.
+"""
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+import zoo
+from melodi_jax.layers.norms import RMSNorm
+from melodi_jax.models.decoder import WindowStack
+
+ALL = sorted(zoo.CONFIGS)
+BATCH, WINDOWS = 2, 4
+
+
+def _segment(model):
+  return model.window_length * WINDOWS
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_no_future_token_leaks(name):
+  """Changing token p never changes logits at positions < p: in a window, across windows of a
+  segment and across segments through the carried memory; logits at p itself do change."""
+  model, variables = zoo.build(name), zoo.params(name)
+  t = _segment(model)
+  stream = zoo.random_tokens(BATCH, 2 * t, seed=1)
+  base, _ = zoo.run_segments(model, variables, [stream[:, :t], stream[:, t:]])
+  w = model.window_length
+  for p in (3, w, w + 5, t - 1, t, t + 2 * w + 3):
+    changed = stream.at[:, p].set((stream[:, p] + 17) % model.vocab_size)
+    logits, _ = zoo.run_segments(model, variables, [changed[:, :t], changed[:, t:]])
+    np.testing.assert_allclose(logits[:, :p], base[:, :p], atol=1e-6,
+                               err_msg=f'{name}: token {p} leaked into earlier positions')
+    assert not np.allclose(logits[:, p], base[:, p]), f'{name}: logits at {p} ignore token {p}'
+
+
+def _unrolled(model, variables, tokens, memory, doc_start):
+  """Reference: a Python loop over windows calling the scan body's code with the same params."""
+  params = variables['params']
+  config = model.config
+  batch, length = tokens.shape
+  w = model.window_length
+  x = jnp.take(params['embed']['embedding'], tokens, axis=0).astype(config.compute_dtype)
+  stack = WindowStack(config)
+  outputs = []
+  for k in range(length // w):
+    memory, y = stack.apply({'params': params['stack']}, memory,
+                            (x[:, k * w:(k + 1) * w], doc_start[:, k]))
+    outputs.append(y)
+  y = RMSNorm(dtype=config.compute_dtype).apply({'params': params['final_norm']},
+                                                 jnp.concatenate(outputs, axis=1))
+  logits = y @ params['logits']['kernel']
+  return logits, memory
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_scan_equals_unrolled(name):
+  model, variables = zoo.build(name), zoo.params(name)
+  tokens = zoo.random_tokens(BATCH, _segment(model), seed=2)
+  doc_start = zoo.doc_starts(BATCH, WINDOWS).at[1, 2].set(True)
+  memory = model.init_memory(BATCH)
+  scanned, scanned_memory = zoo.jitted_apply(model)(variables, tokens, memory, doc_start)
+  unrolled, unrolled_memory = _unrolled(model, variables, tokens, memory, doc_start)
+  np.testing.assert_allclose(scanned, unrolled, atol=1e-5, rtol=1e-5)
+  jax.tree_util.tree_map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+                         scanned_memory, unrolled_memory)
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_reset_at_document_start(name):
+  """Lane 0 starts a document at window k of the second segment: from k on its logits equal a
+  fresh run of that document; lane 1 (no reset) is untouched by lane 0's reset."""
+  model, variables = zoo.build(name), zoo.params(name)
+  t, w, k = _segment(model), model.window_length, 2
+  history = zoo.random_tokens(BATCH, t, seed=3)
+  segment = zoo.random_tokens(BATCH, t, seed=4)
+  reset = zoo.doc_starts(BATCH, WINDOWS, first=False).at[0, k].set(True)
+  no_reset = zoo.doc_starts(BATCH, WINDOWS, first=False)
+  logits, _ = zoo.run_segments(model, variables, [history, segment],
+                               doc_start=[zoo.doc_starts(BATCH, WINDOWS), reset])
+  plain, _ = zoo.run_segments(model, variables, [history, segment],
+                              doc_start=[zoo.doc_starts(BATCH, WINDOWS), no_reset])
+  fresh_tokens = segment[:, k * w:]
+  fresh, _ = zoo.run_segments(model, variables, [fresh_tokens])
+  np.testing.assert_allclose(logits[0, t + k * w:], fresh[0], atol=1e-5)
+  np.testing.assert_allclose(logits[1], plain[1], atol=1e-6)
+
+
+def _equation_count(jaxpr) -> int:
+  total = 0
+  for eqn in jaxpr.eqns:
+    total += 1
+    for sub in jax.core.jaxprs_in_params(eqn.params):
+      total += _equation_count(sub)
+  return total
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_compile_size_flat_in_windows(name):
+  model, variables = zoo.build(name), zoo.params(name)
+  counts = []
+  for n in (4, 32):
+    tokens = jnp.zeros((BATCH, n * model.window_length), jnp.int32)
+    jaxpr = jax.make_jaxpr(model.apply)(variables, tokens, model.init_memory(BATCH),
+                                        zoo.doc_starts(BATCH, n))
+    counts.append(_equation_count(jaxpr.jaxpr))
+  assert counts[0] == counts[1], counts
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_memory_leaves_are_per_lane_and_stable(name):
+  """Every memory leaf is [B, ...] and apply returns the same structure, shapes and dtypes."""
+  model, variables = zoo.build(name), zoo.params(name)
+  memory = model.init_memory(3)
+  for leaf in jax.tree_util.tree_leaves(memory):
+    assert leaf.shape[0] == 3
+  _, out = jax.eval_shape(model.apply, variables, jnp.zeros((3, _segment(model)), jnp.int32),
+                          memory, zoo.doc_starts(3, WINDOWS))
+  shapes = lambda tree: jax.tree_util.tree_map(lambda x: (x.shape, x.dtype), tree)
+  assert shapes(out) == shapes(memory)
+
+
+@pytest.mark.parametrize('name', ALL)
+def test_dropout_only_in_training(name):
+  model, variables = zoo.build(name, ('ModelConfig.dropout_rate = 0.5',)), zoo.params(name)
+  tokens = zoo.random_tokens(BATCH, _segment(model), seed=5)
+  args = (variables, tokens, model.init_memory(BATCH), zoo.doc_starts(BATCH, WINDOWS))
+  apply = jax.jit(model.apply, static_argnames='train')
+  a, _ = apply(*args)
+  c, _ = apply(*args, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
+  assert not np.allclose(a, c)

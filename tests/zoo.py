@@ -1,0 +1,71 @@
+"""Tiny model configurations every model-level test runs over, and helpers to run them."""
+
+import functools
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from melodi_jax import models
+
+TINY = 'sizes/tiny.gin'
+# name -> (gin files, bindings). Every memory kind adds its tiny config here.
+CONFIGS = {
+    'melodi': (['models/melodi.gin', TINY], []),
+    'melodi_short_only': (['models/melodi.gin', TINY], ['MelodiStack.long_term_layers = ()']),
+    'melodi_long_only': (['models/melodi.gin', TINY], ['MelodiStack.short_term_slots = 0']),
+    'melodi_unmixed_summaries': (['models/melodi.gin', TINY], ['MelodiStack.mix_summaries = False']),
+    'vanilla': (['models/vanilla.gin', TINY], []),
+}
+# Configs whose memory reaches across windows (the gradient probe must see it).
+WITH_MEMORY = [name for name in CONFIGS if name != 'vanilla']
+
+
+@functools.lru_cache(maxsize=None)
+def build(name: str, extra_bindings: tuple = ()) -> models.DecoderLM:
+  files, bindings = CONFIGS[name]
+  return models.build(files, list(bindings) + list(extra_bindings))
+
+
+@functools.lru_cache(maxsize=None)
+def params(name: str, extra_bindings: tuple = (), batch: int = 2, seed: int = 0):
+  """Unboxed float32 parameters of the tiny model (initialised with jit, cached)."""
+  model = build(name, extra_bindings)
+  tokens = jnp.zeros((batch, model.window_length), jnp.int32)
+  doc_start = jnp.ones((batch, 1), bool)
+  variables = jax.jit(model.init)(jax.random.PRNGKey(seed), tokens, model.init_memory(batch),
+                                  doc_start)
+  return nn.meta.unbox(variables)
+
+
+@functools.lru_cache(maxsize=None)
+def jitted_apply(model):
+  """One compiled apply per model (jax.jit of a fresh bound method would compile again)."""
+  return jax.jit(model.apply)
+
+
+def random_tokens(batch: int, length: int, seed: int = 0, vocab: int = 256) -> jax.Array:
+  return jnp.asarray(np.random.RandomState(seed).randint(0, vocab, (batch, length)), jnp.int32)
+
+
+def doc_starts(batch: int, num_windows: int, first: bool = True) -> jax.Array:
+  return jnp.zeros((batch, num_windows), bool).at[:, 0].set(first)
+
+
+def run_segments(model, variables, segments, memory=None, doc_start=None):
+  """Applies `model` segment after segment, carrying memory; returns the concatenated logits.
+
+  segments: list of int32[B, T]; doc_start: list of bool[B, N] (default: a start only at the
+  very first window). Returns (float32[B, sum T, V], final memory).
+  """
+  apply = jitted_apply(model)
+  batch = segments[0].shape[0]
+  memory = model.init_memory(batch) if memory is None else memory
+  outputs = []
+  for i, tokens in enumerate(segments):
+    n = tokens.shape[1] // model.window_length
+    starts = doc_start[i] if doc_start is not None else doc_starts(batch, n, first=(i == 0))
+    logits, memory = apply(variables, tokens, memory, starts)
+    outputs.append(logits)
+  return jnp.concatenate(outputs, axis=1), memory
