@@ -38,6 +38,11 @@ class Checkpointer:
   """A thin layer over `ocp.CheckpointManager`: async saves, keep-N, restore with fallback."""
 
   def __init__(self, workdir: str, keep: int = 3, *, read_only: bool = False):
+    # Replica-parallel saving jits a slicing function per distinct (shape, sharding) at the
+    # first save: minutes of compilation for a model with hundreds of parameters, to split
+    # writes that are small next to a training run. One replica writes each shard instead.
+    ocp.type_handlers.register_type_handler(
+        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
     self.directory = checkpoint_dir(workdir)
     self.read_only = read_only
     if read_only and not os.path.isdir(self.directory):
