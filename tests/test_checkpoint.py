@@ -54,3 +54,12 @@ def test_nan_loss_stops_with_the_step_after_saving_the_last_good_state(tmp_path)
                          stream_factory=lambda task, split, **kw: _NanAtThirdBatch(**kw))
   assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['2']
   assert sorted(support.read_losses(tmp_path)) == [1, 2]
+
+
+def test_a_checkpoint_of_another_model_is_a_user_error_not_a_corruption(tmp_path):
+  from melodi_jax import models
+  support.run_training(tmp_path, num_steps=1)
+  wider = models.build(support.MODEL_GIN, support.MODEL_BINDINGS + ['ModelConfig.mlp_dim = 48'])
+  with pytest.raises(support.UserError, match='does not fit this run'):
+    support.run_training(tmp_path, wider, num_steps=2)
+  assert sorted(os.listdir(tmp_path / 'checkpoints')) == ['1']  # left as it was

@@ -10,6 +10,7 @@ import jax
 import numpy as np
 
 from melodi_jax.train import config, optim, trainer
+from melodi_jax.train.errors import UserError  # pylint: disable=unused-import
 
 SEGMENT = 16
 WINDOW = 8

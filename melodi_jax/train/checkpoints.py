@@ -30,6 +30,29 @@ class Restored:
   progress: dict = dataclasses.field(default_factory=dict)
 
 
+def _shapes(tree) -> dict[str, tuple[int, ...]]:
+  return {jax.tree_util.keystr(path): tuple(leaf.shape)
+          for path, leaf in jax.tree_util.tree_leaves_with_path(tree)}
+
+
+def _mismatch(abstract: Any, metadata: Any) -> str | None:
+  """Where the saved arrays' shapes differ from this run's, e.g. "['embed'] (256, 32) vs (512,
+  32)"; None when they fit. Trees whose paths are spelled differently (optax named tuples) are
+  compared by their shapes in order."""
+  if metadata is None:
+    raise ValueError('no metadata')
+  want, have = _shapes(abstract), _shapes(metadata)
+  if want.keys() == have.keys():
+    for path, shape in want.items():
+      if have[path] != shape:
+        return f'{path}: {have[path]} saved, {shape} here'
+    return None
+  if sorted(want.values()) != sorted(have.values()):
+    missing = sorted(set(want) - set(have))[:1] or sorted(set(have) - set(want))[:1]
+    return f': {len(have)} arrays saved, {len(want)} here (e.g. {missing[0] if missing else "?"})'
+  return None
+
+
 def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, 'checkpoints')
 
@@ -51,7 +74,9 @@ class Checkpointer:
     options = ocp.CheckpointManagerOptions(
         max_to_keep=keep, create=not read_only, read_only=read_only,
         enable_async_checkpointing=not read_only)
-    self.manager = ocp.CheckpointManager(self.directory, options=options, item_names=ITEMS)
+    handlers = {name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS}
+    handlers['progress'] = ocp.JsonCheckpointHandler()
+    self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
 
   @property
   def steps(self) -> list[int]:
@@ -84,6 +109,8 @@ class Checkpointer:
     for candidate in reversed(self.steps):
       try:
         return self._restore_step(candidate, abstract)
+      except UserError:
+        raise
       except Exception as e:  # pylint: disable=broad-exception-caught
         message = str(e).splitlines()[0][:300] if str(e) else type(e).__name__
         errors.append(f'step {candidate}: {message}')
@@ -96,6 +123,13 @@ class Checkpointer:
     return None
 
   def _restore_step(self, step: int, abstract: dict[str, Any]) -> Restored:
+    metadata = self.manager.item_metadata(step)
+    for name, tree in abstract.items():
+      mismatch = _mismatch(tree, metadata[name])
+      if mismatch:  # a readable checkpoint of another configuration: never "fall back" here
+        raise UserError(f'checkpoint at step {step} in {self.directory} does not fit this run '
+                        f'({name}{mismatch}); resume with the gin config it was trained with '
+                        '(config.gin in the workdir) or pass a new --workdir')
     args = {name: ocp.args.StandardRestore(tree) for name, tree in abstract.items()}
     args['progress'] = ocp.args.JsonRestore()
     restored = self.manager.restore(step, args=ocp.args.Composite(**args))

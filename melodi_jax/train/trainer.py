@@ -118,12 +118,12 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
 
   # ---------------------------------------------------------------------------------------
   # Sharding: abstract shapes first, then everything is created directly where it lives.
-  tokens = jnp.zeros((batch_size, segment_length), jnp.int32)
-  doc_start = jnp.ones((batch_size, windows), bool)
   tx = optim.make_optimizer(optimizer_config, config.num_steps)
   schedule = optim.learning_rate_schedule(optimizer_config, config.num_steps)
 
   def init_params(rng):
+    tokens = jnp.zeros((batch_size, segment_length), jnp.int32)
+    doc_start = jnp.ones((batch_size, windows), bool)
     variables = model.init(rng, tokens, model.init_memory(batch_size), doc_start)
     assert set(variables) == {'params'}, f'only params are trained, got {set(variables)}'
     return variables['params']
