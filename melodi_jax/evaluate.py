@@ -24,9 +24,7 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments {argv[1:]}; every option is a --flag')
-  if FLAGS.multiprocess:
-    import jax  # pylint: disable=g-import-not-at-top
-    jax.distributed.initialize()  # before any other JAX call
+  cli.initialize_distributed(FLAGS.multiprocess)  # before any other JAX call
   if not FLAGS.workdir:
     raise cli.UserError('--workdir is required: pass the folder of a training run')
   workdir = os.path.abspath(FLAGS.workdir)

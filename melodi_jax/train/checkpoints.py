@@ -18,6 +18,7 @@ from melodi_jax.train.errors import UserError
 
 ARRAY_ITEMS = ('params', 'opt_state', 'memory')
 ITEMS = ARRAY_ITEMS + ('progress',)
+_ARRAY_HANDLER_SET = False
 
 
 @dataclasses.dataclass
@@ -64,8 +65,11 @@ class Checkpointer:
     # Replica-parallel saving jits a slicing function per distinct (shape, sharding) at the
     # first save: minutes of compilation for a model with hundreds of parameters, to split
     # writes that are small next to a training run. One replica writes each shard instead.
-    ocp.type_handlers.register_type_handler(
-        jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+    global _ARRAY_HANDLER_SET
+    if not _ARRAY_HANDLER_SET:
+      ocp.type_handlers.register_type_handler(
+          jax.Array, ocp.type_handlers.ArrayHandler(use_replica_parallel=False), override=True)
+      _ARRAY_HANDLER_SET = True
     self.directory = checkpoint_dir(workdir)
     self.read_only = read_only
     if read_only and not os.path.isdir(self.directory):

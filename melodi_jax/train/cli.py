@@ -40,6 +40,20 @@ def define_common_flags():
                     'multi-node GPU).')
 
 
+def initialize_distributed(multiprocess: bool):
+  """--multiprocess: joins the other processes (TPU pod, SLURM, ...) before any other JAX call."""
+  if not multiprocess:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.distributed.initialize()
+  except (ValueError, RuntimeError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f'--multiprocess: jax.distributed.initialize() failed ({first}); run it on '
+                    'every worker of a TPU pod or a SLURM job, or set JAX_COORDINATOR_ADDRESS, '
+                    'or drop --multiprocess on one machine') from None
+
+
 def search_paths(paths: Sequence[str]) -> list[str]:
   out = [os.path.abspath(p) for p in paths]
   if str(_PACKAGE_CONFIGS) not in out and _PACKAGE_CONFIGS.is_dir():
