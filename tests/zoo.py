@@ -17,6 +17,7 @@ CONFIGS = {
     'melodi_long_only': (['models/melodi.gin', TINY], ['MelodiStack.short_term_slots = 0']),
     'melodi_unmixed_summaries': (['models/melodi.gin', TINY], ['MelodiStack.mix_summaries = False']),
     'vanilla': (['models/vanilla.gin', TINY], []),
+    'transformer_xl': (['models/transformer_xl.gin', TINY], []),
 }
 # Configs whose memory reaches across windows (the gradient probe must see it).
 WITH_MEMORY = [name for name in CONFIGS if name != 'vanilla']
