@@ -10,6 +10,8 @@ import numpy as np
 from melodi_jax import models
 
 TINY = 'sizes/tiny.gin'
+MEMORIZING = ['MemorizingStack.memory_layer = 1', 'MemorizingStack.memory_slots = 24',
+              'MemorizingStack.top_k = 4']  # 3 windows of memory: the ring wraps in tests
 # name -> (gin files, bindings). Every memory kind adds its tiny config here.
 CONFIGS = {
     'melodi': (['models/melodi.gin', TINY], []),
@@ -18,6 +20,8 @@ CONFIGS = {
     'melodi_unmixed_summaries': (['models/melodi.gin', TINY], ['MelodiStack.mix_summaries = False']),
     'vanilla': (['models/vanilla.gin', TINY], []),
     'transformer_xl': (['models/transformer_xl.gin', TINY], []),
+    'memorizing': (['models/memorizing.gin', TINY], MEMORIZING),
+    'memorizing_dense': (['models/memorizing_dense.gin', TINY], MEMORIZING),
 }
 # Configs whose memory reaches across windows (the gradient probe must see it).
 WITH_MEMORY = [name for name in CONFIGS if name != 'vanilla']

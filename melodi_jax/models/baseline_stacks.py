@@ -8,6 +8,7 @@ from typing import ClassVar
 
 import gin
 
+from melodi_jax.memory import knn
 from melodi_jax.models.config import ConfigError, ModelConfig
 from melodi_jax.models.xl_layer import XLLayerOptions
 
@@ -33,3 +34,28 @@ class TransformerXLStack:
 
   def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
     return tuple(XLLayerOptions() for _ in range(config.num_layers))
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MemorizingStack:
+  """Memorizing Transformer: XL layers; `memory_layer` adds a kNN memory of past keys/values.
+
+  top_k > 0: each query attends to its top_k memory keys; top_k = 0: dense attention over the
+  whole memory (the variant the MELODI paper compares against).
+  """
+  summary_tokens: ClassVar[int] = 0
+  memory_layer: int = -4        # Memorizing paper: layer 9 of 12
+  memory_slots: int = 65536     # entries per lane and head
+  top_k: int = 32               # 0: dense
+  approximate: bool = False     # jax.lax.approx_max_k (TPU) instead of exact top-k
+
+  def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
+    layer = resolve_layer(self.memory_layer, config, 'MemorizingStack.memory_layer')
+    if self.memory_slots < config.window_length:
+      raise ConfigError(f'MemorizingStack.memory_slots = {self.memory_slots} must hold at least '
+                        f'one window (ModelConfig.window_length = {config.window_length})')
+    if self.top_k < 0:
+      raise ConfigError('MemorizingStack.top_k must be >= 0 (0: dense attention)')
+    return _with_addon(config, layer, knn.KnnMemory(self.memory_slots, self.top_k,
+                                                    self.approximate))
