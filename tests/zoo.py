@@ -22,6 +22,7 @@ CONFIGS = {
     'transformer_xl': (['models/transformer_xl.gin', TINY], []),
     'memorizing': (['models/memorizing.gin', TINY], MEMORIZING),
     'memorizing_dense': (['models/memorizing_dense.gin', TINY], MEMORIZING),
+    'block_recurrent': (['models/block_recurrent.gin', TINY], ['BlockRecurrentStack.num_states = 4']),
 }
 # Configs whose memory reaches across windows (the gradient probe must see it).
 WITH_MEMORY = [name for name in CONFIGS if name != 'vanilla']

@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import gin
 
-from melodi_jax.memory import knn
+from melodi_jax.memory import knn, recurrent
 from melodi_jax.models.config import ConfigError, ModelConfig
 from melodi_jax.models.xl_layer import XLLayerOptions
 
@@ -59,3 +59,23 @@ class MemorizingStack:
       raise ConfigError('MemorizingStack.top_k must be >= 0 (0: dense attention)')
     return _with_addon(config, layer, knn.KnnMemory(self.memory_slots, self.top_k,
                                                     self.approximate))
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class BlockRecurrentStack:
+  """Block-Recurrent Transformer: XL layers; `recurrent_layer` also carries R recurrent states."""
+  summary_tokens: ClassVar[int] = 0
+  recurrent_layer: int = -3     # third from the top, as in the paper
+  num_states: int = 512         # R
+  gate: str = 'lstm'            # 'fixed' or 'lstm'
+  state_ffn: bool = True
+
+  def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
+    layer = resolve_layer(self.recurrent_layer, config, 'BlockRecurrentStack.recurrent_layer')
+    if self.gate not in recurrent.GATES:
+      raise ConfigError(f'BlockRecurrentStack.gate = {self.gate!r}: use one of {recurrent.GATES}')
+    if self.num_states <= 0:
+      raise ConfigError('BlockRecurrentStack.num_states must be positive')
+    return _with_addon(config, layer, recurrent.RecurrentStates(self.num_states, self.gate,
+                                                                self.state_ffn))
