@@ -8,7 +8,7 @@ from typing import ClassVar
 
 import gin
 
-from melodi_jax.memory import knn, recurrent
+from melodi_jax.memory import knn, recurrent, retrieval
 from melodi_jax.models.config import ConfigError, ModelConfig
 from melodi_jax.models.xl_layer import XLLayerOptions
 
@@ -79,3 +79,42 @@ class BlockRecurrentStack:
       raise ConfigError('BlockRecurrentStack.num_states must be positive')
     return _with_addon(config, layer, recurrent.RecurrentStates(self.num_states, self.gate,
                                                                 self.state_ffn))
+
+
+@gin.configurable
+@dataclasses.dataclass(frozen=True)
+class MemLongStack:
+  """MemLong-style retrieval: XL layers; `memory_layer` keeps the chunk index (its mean-pooled
+  output is the retrieval key), the retrieval layers above it attend to the retrieved chunks."""
+  summary_tokens: ClassVar[int] = 0
+  memory_layer: int = 5
+  chunks: int = 64                      # C: past windows kept per lane
+  top_k: int = 4                        # chunks retrieved per window
+  retrieval_layers: tuple = ()          # empty: every layer above memory_layer
+  train_only_above_memory_layer: bool = False   # see models/freezing.py
+
+  def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
+    memory_layer = resolve_layer(self.memory_layer, config, 'MemLongStack.memory_layer')
+    readers = {resolve_layer(i, config, 'MemLongStack.retrieval_layers')
+               for i in self.retrieval_layers} or set(range(memory_layer + 1, config.num_layers))
+    if min(readers, default=config.num_layers) <= memory_layer:
+      raise ConfigError(f'MemLongStack.retrieval_layers {sorted(readers)} must all be above '
+                        f'memory_layer = {memory_layer}')
+    if self.chunks < 2 or not 0 < self.top_k < self.chunks:
+      raise ConfigError(f'MemLongStack needs chunks >= 2 and 0 < top_k < chunks (got chunks = '
+                        f'{self.chunks}, top_k = {self.top_k}): the newest chunk is never retrieved')
+    plan = []
+    for i in range(config.num_layers):
+      addon = None
+      if i == memory_layer:
+        addon = retrieval.RetrievalIndex(self.chunks, self.top_k)
+      elif i in readers:
+        addon = retrieval.RetrievalReader(self.chunks)
+      plan.append(XLLayerOptions(addon))
+    return tuple(plan)
+
+  def frozen_layers(self, config: ModelConfig) -> tuple[int, ...]:
+    """Layers whose parameters the optimizer must not change (with the embedding)."""
+    if not self.train_only_above_memory_layer:
+      return ()
+    return tuple(range(resolve_layer(self.memory_layer, config, 'MemLongStack.memory_layer') + 1))
