@@ -51,3 +51,8 @@ def test_closed_gate_keeps_state_and_document_start_uses_learned_state(kind):
   _, out = apply({'params': params}, tokens, memory, doc_start)
   states = out[LAYER]['recurrent']['states']
   assert not np.allclose(states[0], learned) and not np.allclose(states[1], carried[1])
+
+
+def test_paper_config_footprint():
+  """Floats kept per lane, counted from the memory pytree: the paper's 13.1M (DESIGN §6)."""
+  assert zoo.floats_per_lane('paper/block_recurrent.gin') == 12 * 512 * 2 * 1024 + 512 * 1024

@@ -28,29 +28,31 @@ def test_retrieval_returns_the_planted_chunk():
   index = _full_index()
   keys = index['chunk_keys']
   keys = keys.at[0, 2].set(keys[0, 5]).at[1, 4].set(keys[1, 5])
-  chunks, found = retrieval.retrieve(dict(index, chunk_keys=keys), top_k=3)
+  retrieve = jax.jit(retrieval.retrieve, static_argnames='top_k')
+  chunks, found = retrieve(dict(index, chunk_keys=keys), top_k=3)
   np.testing.assert_array_equal(chunks[:, 0], [2, 4])
   assert found.all() and not (chunks == 5).any()
   lonely = dict(index, valid=index['valid'].at[:, :5].set(False))
-  assert not retrieval.retrieve(lonely, top_k=3)[1].any()
+  assert not retrieve(lonely, top_k=3)[1].any()
 
 
 def test_eviction_removes_the_least_retrieved_chunk_oldest_first():
   """Counters [3, 1, 0, 2, 0, 0]: slots 2 and 4 tie at 0 hits, 2 is older; the newest (slot 5,
   0 hits) is protected. With a free slot, the free slot is used and nothing is evicted."""
+  eviction_slot = jax.jit(retrieval.eviction_slot)
   index = dict(_full_index(), hits=jnp.array([[3, 1, 0, 2, 0, 0]] * BATCH, jnp.int32))
-  np.testing.assert_array_equal(retrieval.eviction_slot(index), [2, 2])
+  np.testing.assert_array_equal(eviction_slot(index), [2, 2])
   chunks, found = jnp.array([[2, 4], [4, 0]]), jnp.array([[True, True], [True, False]])
   counted = retrieval.count_hits(index, chunks, found)
   np.testing.assert_array_equal(counted['hits'], [[3, 1, 1, 2, 1, 0], [3, 1, 0, 2, 1, 0]])
-  np.testing.assert_array_equal(retrieval.eviction_slot(counted), [1, 2])
+  np.testing.assert_array_equal(eviction_slot(counted), [1, 2])
   key = jnp.ones((BATCH, DIM)) / 4.0
-  added = retrieval.add_chunk(counted, key, retrieval.eviction_slot(counted))
+  added = retrieval.add_chunk(counted, key, eviction_slot(counted))
   np.testing.assert_array_equal(added['written_at'][[0, 1], [1, 2]], [6, 6])
   np.testing.assert_array_equal(retrieval.newest_chunk(added), [1, 2])
   np.testing.assert_array_equal(added['hits'][[0, 1], [1, 2]], [0, 0])
   freed = dict(index, valid=index['valid'].at[1, 3].set(False))
-  np.testing.assert_array_equal(retrieval.eviction_slot(freed), [2, 3])
+  np.testing.assert_array_equal(eviction_slot(freed), [2, 3])
 
 
 def test_frozen_lower_layers_stay_bit_identical_after_a_step():
@@ -66,17 +68,15 @@ def test_frozen_lower_layers_stay_bit_identical_after_a_step():
     return -jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1).mean()
 
   optimizer = freezing.freeze_lower_layers(optax.adamw(1e-2, weight_decay=0.1), model.config)
-  grads = jax.jit(jax.grad(loss))(params)
-  updates, _ = optimizer.update(grads, optimizer.init(params), params)
-  stepped = optax.apply_updates(params, updates)
-  for frozen in (stepped['embed'], stepped['stack']['layer_00']):
-    jax.tree_util.tree_map(np.testing.assert_array_equal, frozen,
-                           params['embed'] if frozen is stepped['embed']
-                           else params['stack']['layer_00'])
-  for trained in ('layer_01', 'layer_02'):
-    changed = jax.tree_util.tree_map(lambda a, b: not np.array_equal(a, b),
-                                     stepped['stack'][trained], params['stack'][trained])
-    assert all(jax.tree_util.tree_leaves(changed)), trained
-  assert not np.array_equal(stepped['logits']['kernel'], params['logits']['kernel'])
-  assert freezing.freeze_lower_layers(optax.sgd(1.0), zoo.build('memlong').config) is not None
-  assert not freezing.frozen_names(zoo.build('memlong').config)
+
+  @jax.jit
+  def step(params):
+    updates, _ = optimizer.update(jax.grad(loss)(params), optimizer.init(params), params)
+    return optax.apply_updates(params, updates)
+
+  stepped = step(params)
+  same = jax.tree_util.tree_map(np.array_equal, stepped, params)
+  assert all(jax.tree_util.tree_leaves([same['embed'], same['stack']['layer_00']]))
+  assert not any(jax.tree_util.tree_leaves(
+      [same['stack']['layer_01'], same['stack']['layer_02'], same['logits']]))
+  assert not freezing.frozen_names(zoo.build('memlong').config)  # the option is off by default

@@ -106,3 +106,8 @@ def test_memory_content_carries_no_gradient_but_information():
   assert float(jnp.abs(grads[:100]).max()) > 0.0
   _, other = gradient_and_logits(embedding, tokens.at[:, :w].set(tokens[:, :w] + 20))
   assert not np.allclose(logits, other)
+
+
+def test_paper_config_footprint():
+  """Floats kept per lane, counted from the memory pytree: the paper's 147.8M (DESIGN §6)."""
+  assert zoo.floats_per_lane('paper/memorizing_dense_64k.gin') == 13 * 512 * 2 * 1024 + 65536 * 2 * 1024

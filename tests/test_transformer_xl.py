@@ -38,3 +38,8 @@ def test_each_token_sees_exactly_the_w_tokens_before_it():
     seen = np.flatnonzero(row[:2 * t] > 0)
     np.testing.assert_array_equal(seen, np.arange(p - w, p + 1),
                                   err_msg=f'position {p} must see exactly positions {p - w}..{p}')
+
+
+def test_paper_config_footprint():
+  """Floats kept per lane, counted from the memory pytree: the paper's 13.6M (DESIGN §6)."""
+  assert zoo.floats_per_lane('paper/transformer_xl.gin') == 13 * 512 * 2 * 1024

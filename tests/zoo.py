@@ -77,3 +77,11 @@ def run_segments(model, variables, segments, memory=None, doc_start=None):
     logits, memory = apply(variables, tokens, memory, starts)
     outputs.append(logits)
   return jnp.concatenate(outputs, axis=1), memory
+
+
+def floats_per_lane(gin_file: str) -> int:
+  """Float elements of the memory pytree per lane of a (paper-size) config, nothing allocated."""
+  model = models.build([gin_file])
+  memory = jax.eval_shape(lambda: model.init_memory(2))
+  return sum(leaf.size for leaf in jax.tree_util.tree_leaves(memory)
+             if jnp.issubdtype(leaf.dtype, jnp.floating)) // 2
