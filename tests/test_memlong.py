@@ -4,10 +4,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 import zoo
+from melodi_jax import models
 from melodi_jax.memory import retrieval
 from melodi_jax.models import freezing
+from melodi_jax.models.config import ConfigError
 
 BATCH, CHUNKS, DIM = 2, 6, 16
 
@@ -57,7 +60,8 @@ def test_eviction_removes_the_least_retrieved_chunk_oldest_first():
 
 def test_frozen_lower_layers_stay_bit_identical_after_a_step():
   bindings = ('MemLongStack.train_only_above_memory_layer = True',)
-  model, variables = zoo.build('memlong', bindings), zoo.params('memlong', bindings)
+  model = zoo.build('memlong', bindings)
+  variables = zoo.params('memlong')  # the option changes the optimizer, not the parameters
   params = variables['params']
   tokens = zoo.random_tokens(BATCH, 2 * model.window_length, seed=13)
 
@@ -80,3 +84,13 @@ def test_frozen_lower_layers_stay_bit_identical_after_a_step():
   assert not any(jax.tree_util.tree_leaves(
       [same['stack']['layer_01'], same['stack']['layer_02'], same['logits']]))
   assert not freezing.frozen_names(zoo.build('memlong').config)  # the option is off by default
+
+
+@pytest.mark.parametrize('binding, needle', [
+    ('MemLongStack.top_k = 3', 'top_k < chunks'),
+    ('MemLongStack.chunks = 1', 'chunks >= 2'),
+    ('MemLongStack.retrieval_layers = (0,)', 'must all be above'),
+])
+def test_impossible_configs_fail_at_build_time(binding, needle):
+  with pytest.raises(ConfigError, match=needle):
+    models.build(['models/memlong.gin', zoo.TINY], list(zoo.CONFIGS['memlong'][1]) + [binding])

@@ -8,7 +8,9 @@ import numpy as np
 import pytest
 
 import zoo
+from melodi_jax import models
 from melodi_jax.layers.attention import dot_product_attention, masked_top_k
+from melodi_jax.models.config import ConfigError
 
 BATCH = 2
 LAYER = 'layer_01'  # zoo.MEMORIZING puts the memory in layer 1
@@ -110,4 +112,15 @@ def test_memory_content_carries_no_gradient_but_information():
 
 def test_paper_config_footprint():
   """Floats kept per lane, counted from the memory pytree: the paper's 147.8M (DESIGN §6)."""
-  assert zoo.floats_per_lane('paper/memorizing_dense_64k.gin') == 13 * 512 * 2 * 1024 + 65536 * 2 * 1024
+  expected = 13 * 512 * 2 * 1024 + 65536 * 2 * 1024
+  assert zoo.floats_per_lane('paper/memorizing_dense_64k.gin') == expected
+
+
+@pytest.mark.parametrize('binding, needle', [
+    ('MemorizingStack.memory_slots = 4', 'must hold at least one window'),
+    ('MemorizingStack.top_k = -1', 'top_k'),
+    ('MemorizingStack.memory_layer = -9', 'memory_layer = -9 is outside'),
+])
+def test_impossible_configs_fail_at_build_time(binding, needle):
+  with pytest.raises(ConfigError, match=needle):
+    models.build(['models/memorizing.gin', zoo.TINY], zoo.MEMORIZING + [binding])

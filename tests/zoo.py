@@ -22,9 +22,11 @@ CONFIGS = {
     'transformer_xl': (['models/transformer_xl.gin', TINY], []),
     'memorizing': (['models/memorizing.gin', TINY], MEMORIZING),
     'memorizing_dense': (['models/memorizing_dense.gin', TINY], MEMORIZING),
-    'block_recurrent': (['models/block_recurrent.gin', TINY], ['BlockRecurrentStack.num_states = 4']),
-    'memlong': (['models/memlong.gin', TINY], ['MemLongStack.memory_layer = 0',
-                                               'MemLongStack.chunks = 3', 'MemLongStack.top_k = 1']),
+    'block_recurrent': (['models/block_recurrent.gin', TINY],
+                        ['BlockRecurrentStack.num_states = 4']),
+    'memlong': (['models/memlong.gin', TINY],
+                ['MemLongStack.memory_layer = 0', 'MemLongStack.chunks = 3',
+                 'MemLongStack.top_k = 1']),
 }
 # Configs whose memory reaches across windows (the gradient probe must see it).
 WITH_MEMORY = [name for name in CONFIGS if name != 'vanilla']

@@ -20,8 +20,10 @@ import numpy as np
 from melodi_jax.layers.attention import Attention, AttentionOutput, KeyGroup, masked_top_k
 from melodi_jax.memory.addon import Reading
 
-RETRIEVAL = 'retrieval'    # extras key: {'chunks': int32[B, k], 'found': bool[B, k], 'slot': int32[B]}
-RETRIEVED_POSITION = -1    # MemLong sets retrieved positions to one constant: here, before the window
+# extras key of the index's choice: {'chunks': int32[B, k], 'found': bool[B, k], 'slot': int32[B]}
+RETRIEVAL = 'retrieval'
+# MemLong gives every retrieved token one constant position; here the one just before the window.
+RETRIEVED_POSITION = -1
 
 
 def initial_index(batch_size: int, chunks: int, model_dim: int, dtype: jnp.dtype) -> dict:

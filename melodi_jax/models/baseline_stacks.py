@@ -1,4 +1,4 @@
-"""Stack plans of the baselines (DESIGN §5): Transformer-XL layers, one of which may carry a memory.
+"""Stack plans of the baselines (DESIGN §5): Transformer-XL layers, some carrying a memory addon.
 
 Layer indices may be negative (Python style, counted from the top): -3 is third from the top.
 """
@@ -102,7 +102,8 @@ class MemLongStack:
                         f'memory_layer = {memory_layer}')
     if self.chunks < 2 or not 0 < self.top_k < self.chunks:
       raise ConfigError(f'MemLongStack needs chunks >= 2 and 0 < top_k < chunks (got chunks = '
-                        f'{self.chunks}, top_k = {self.top_k}): the newest chunk is never retrieved')
+                        f'{self.chunks}, top_k = {self.top_k}): the newest chunk is never '
+                        'retrieved')
     plan = []
     for i in range(config.num_layers):
       addon = None

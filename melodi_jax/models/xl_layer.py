@@ -2,7 +2,8 @@
 
 Every baseline layer is this layer: sliding-window attention over [XL cache, window] and an FFN.
 An optional `MemoryAddon` (memory/addon.py: Memorizing's kNN memory, Block-Recurrent states,
-MemLong's retrieval) adds key groups and/or a gated cross memory to the same attention and updates its own state.
+MemLong's retrieval) adds key groups and/or a gated cross memory to the same attention and
+updates its own state.
 """
 
 import dataclasses
