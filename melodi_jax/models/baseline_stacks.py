@@ -9,6 +9,7 @@ from typing import ClassVar
 import gin
 
 from melodi_jax.memory import knn, recurrent, retrieval
+from melodi_jax.memory.addon import MemoryAddon
 from melodi_jax.models.config import ConfigError, ModelConfig
 from melodi_jax.models.xl_layer import XLLayerOptions
 
@@ -22,7 +23,16 @@ def resolve_layer(index: int, config: ModelConfig, setting: str) -> int:
   return resolved
 
 
-def _with_addon(config: ModelConfig, layer: int, addon) -> tuple[XLLayerOptions, ...]:
+def _require(*checks: tuple[bool, str]) -> None:
+  for ok, message in checks:
+    if not ok:
+      raise ConfigError(message)
+
+
+def _with_addon(config: ModelConfig, index: int, setting: str,
+                addon: MemoryAddon) -> tuple[XLLayerOptions, ...]:
+  """XL layers; the one at `index` (the gin value of `setting`) carries `addon`."""
+  layer = resolve_layer(index, config, setting)
   return tuple(XLLayerOptions(addon if i == layer else None) for i in range(config.num_layers))
 
 
@@ -51,14 +61,12 @@ class MemorizingStack:
   approximate: bool = False     # jax.lax.approx_max_k (TPU) instead of exact top-k
 
   def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
-    layer = resolve_layer(self.memory_layer, config, 'MemorizingStack.memory_layer')
-    if self.memory_slots < config.window_length:
-      raise ConfigError(f'MemorizingStack.memory_slots = {self.memory_slots} must hold at least '
-                        f'one window (ModelConfig.window_length = {config.window_length})')
-    if self.top_k < 0:
-      raise ConfigError('MemorizingStack.top_k must be >= 0 (0: dense attention)')
-    return _with_addon(config, layer, knn.KnnMemory(self.memory_slots, self.top_k,
-                                                    self.approximate))
+    _require((self.memory_slots >= config.window_length,
+              f'MemorizingStack.memory_slots = {self.memory_slots} must hold at least one window '
+              f'(ModelConfig.window_length = {config.window_length})'),
+             (self.top_k >= 0, 'MemorizingStack.top_k must be >= 0 (0: dense attention)'))
+    memory = knn.KnnMemory(self.memory_slots, self.top_k, self.approximate)
+    return _with_addon(config, self.memory_layer, 'MemorizingStack.memory_layer', memory)
 
 
 @gin.configurable
@@ -72,13 +80,11 @@ class BlockRecurrentStack:
   state_ffn: bool = True
 
   def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
-    layer = resolve_layer(self.recurrent_layer, config, 'BlockRecurrentStack.recurrent_layer')
-    if self.gate not in recurrent.GATES:
-      raise ConfigError(f'BlockRecurrentStack.gate = {self.gate!r}: use one of {recurrent.GATES}')
-    if self.num_states <= 0:
-      raise ConfigError('BlockRecurrentStack.num_states must be positive')
-    return _with_addon(config, layer, recurrent.RecurrentStates(self.num_states, self.gate,
-                                                                self.state_ffn))
+    _require((self.gate in recurrent.GATES,
+              f'BlockRecurrentStack.gate = {self.gate!r}: use one of {recurrent.GATES}'),
+             (self.num_states > 0, 'BlockRecurrentStack.num_states must be positive'))
+    states = recurrent.RecurrentStates(self.num_states, self.gate, self.state_ffn)
+    return _with_addon(config, self.recurrent_layer, 'BlockRecurrentStack.recurrent_layer', states)
 
 
 @gin.configurable
@@ -97,13 +103,12 @@ class MemLongStack:
     memory_layer = resolve_layer(self.memory_layer, config, 'MemLongStack.memory_layer')
     readers = {resolve_layer(i, config, 'MemLongStack.retrieval_layers')
                for i in self.retrieval_layers} or set(range(memory_layer + 1, config.num_layers))
-    if min(readers, default=config.num_layers) <= memory_layer:
-      raise ConfigError(f'MemLongStack.retrieval_layers {sorted(readers)} must all be above '
-                        f'memory_layer = {memory_layer}')
-    if self.chunks < 2 or not 0 < self.top_k < self.chunks:
-      raise ConfigError(f'MemLongStack needs chunks >= 2 and 0 < top_k < chunks (got chunks = '
-                        f'{self.chunks}, top_k = {self.top_k}): the newest chunk is never '
-                        'retrieved')
+    _require((min(readers, default=config.num_layers) > memory_layer,
+              f'MemLongStack.retrieval_layers {sorted(readers)} must all be above memory_layer = '
+              f'{memory_layer}'),
+             (self.chunks >= 2 and 0 < self.top_k < self.chunks,
+              f'MemLongStack needs chunks >= 2 and 0 < top_k < chunks (got chunks = {self.chunks}, '
+              f'top_k = {self.top_k}): the newest chunk is never retrieved'))
     plan = []
     for i in range(config.num_layers):
       addon = None
