@@ -27,9 +27,10 @@ def _close(gate_params: dict) -> dict:
 def test_closed_gate_keeps_the_state(kind):
   gate = recurrent.StateGate(kind)
   states, update = jax.random.normal(jax.random.PRNGKey(0), (2, BATCH, 4, 8))
-  params = gate.init(jax.random.PRNGKey(1), states, update)['params']
-  np.testing.assert_array_equal(gate.apply({'params': _close(params)}, states, update), states)
-  assert not np.allclose(gate.apply({'params': params}, states, update), states)
+  params = jax.jit(gate.init)(jax.random.PRNGKey(1), states, update)['params']
+  apply = jax.jit(gate.apply)
+  np.testing.assert_array_equal(apply({'params': _close(params)}, states, update), states)
+  assert not np.allclose(apply({'params': params}, states, update), states)
 
 
 def test_closed_gates_keep_the_state_across_a_window_and_document_start_uses_learned_state():
