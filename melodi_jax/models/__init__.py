@@ -1,5 +1,6 @@
 """Build a window-recurrent decoder from gin files: `models.build(gin_files, bindings)`."""
 
+import logging
 import os
 from typing import Sequence
 
@@ -8,9 +9,19 @@ import gin
 from melodi_jax.models.config import ConfigError, ModelConfig
 from melodi_jax.models.decoder import DecoderLM
 from melodi_jax.models import stacks  # noqa: F401  (registers the stack plans with gin)
+from melodi_jax.models import baseline_stacks  # noqa: F401  (the baselines' stack plans)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'configs')
+
+
+def _not_gin_resource_miss(record: logging.LogRecord) -> bool:
+  # gin first tries every `include` as a Python package resource and logs an ERROR when it is
+  # not one, before finding the file on the search path; that line would only alarm users.
+  return not record.pathname.endswith(os.path.join('gin', 'resource_reader.py'))
+
+
+logging.getLogger().addFilter(_not_gin_resource_miss)
 
 
 def build_from_gin(segment_length: int | None = None) -> DecoderLM:
