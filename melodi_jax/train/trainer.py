@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from melodi_jax.models import freezing
 from melodi_jax.train import checkpoints, cli, evaluator, inputs, metrics, optim, partitioning
 from melodi_jax.train.config import TrainConfig
 from melodi_jax.train.errors import UserError
@@ -126,6 +127,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   # ---------------------------------------------------------------------------------------
   # Sharding: abstract shapes first, then everything is created directly where it lives.
   tx = optim.make_optimizer(optimizer_config, config.num_steps)
+  tx = freezing.freeze_lower_layers(tx, model.config)  # MemLong's option; else tx itself
   schedule = optim.learning_rate_schedule(optimizer_config, config.num_steps)
 
   def init_params(rng):
