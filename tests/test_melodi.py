@@ -114,3 +114,8 @@ def test_paper_configs_build_without_allocating():
     memory = jax.eval_shape(lambda: model.init_memory(1))
     assert memory['layer_00']['short_term']['tokens'].shape == (1, floats, 1024)
     assert len(memory) == 13
+
+
+def test_wrongly_typed_binding_is_a_config_error():
+  with pytest.raises(ConfigError, match='ModelConfig.window_length'):
+    models.build(['models/melodi.gin', zoo.TINY], ["ModelConfig.window_length = 'x'"])

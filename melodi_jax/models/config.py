@@ -81,6 +81,12 @@ class ModelConfig:
 
   def validate(self) -> None:
     """Raises ConfigError naming the gin parameter that cannot work."""
+    for field in dataclasses.fields(self):
+      value = getattr(self, field.name)
+      expected = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}.get(field.type)
+      if expected and (not isinstance(value, expected) or
+                       (field.type is not bool and isinstance(value, bool))):
+        raise ConfigError(f'ModelConfig.{field.name} = {value!r} must be a {field.type.__name__}')
     checks = [
         (self.vocab_size > 0, 'ModelConfig.vocab_size must be positive'),
         (self.num_layers > 0, 'ModelConfig.num_layers must be positive'),
