@@ -96,3 +96,17 @@ def test_user_errors_are_one_line_and_exit_2(args, flag):
   assert proc.returncode == 2, (proc.returncode, proc.stderr)
   lines = [line for line in proc.stderr.splitlines() if line.strip()]
   assert len(lines) == 1 and flag in lines[0], proc.stderr
+
+
+@pytest.mark.parametrize('name', sorted(PAPER))
+def test_paper_configs_build_without_allocating(name):
+  """Every paper config builds and initialises abstractly (jax.eval_shape) on a CPU."""
+  import jax
+  import jax.numpy as jnp
+  model = models.build([_paper_config(name)])
+  tokens = jax.ShapeDtypeStruct((1, model.window_length), jnp.int32)
+  doc_start = jax.ShapeDtypeStruct((1, 1), bool)
+  memory = jax.eval_shape(lambda: model.init_memory(1))
+  variables = jax.eval_shape(model.init, jax.random.PRNGKey(0), tokens, memory, doc_start)
+  count = sum(x.size for x in jax.tree_util.tree_leaves(variables))
+  assert count > 100e6, f'{name}: {count} parameters; the paper size is ~150M+'
