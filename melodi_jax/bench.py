@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax import models
-from melodi_jax.bench_lib import cli, flops
+from melodi_jax.bench_lib import cli, flops, profile
 from melodi_jax.bench_lib.steps import BenchConfig, make_optimizer, make_steps
 
 cli.define_common_flags()
@@ -37,6 +37,8 @@ flags.DEFINE_integer('segment_length', None, 'tokens T per lane (default: BenchC
 flags.DEFINE_list('sweep_windows', [], 'numbers of windows N: compile time and per-token step '
                   'time for T = N * W (instead of the single benchmark)')
 flags.DEFINE_bool('eval', True, 'also time the eval step')
+flags.DEFINE_integer('profile_steps', 0, 'after timing, profile this many train steps with '
+                     'jax.profiler and print where the time goes')
 flags.DEFINE_integer('roofline_size', None, 'n of the [n, n] @ [n, n] roofline matmul (default: '
                      '2048 on CPU, 8192 on accelerators)')
 
@@ -93,7 +95,8 @@ def _compiled_memory(compiled) -> dict:
 
 def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
                   optimizer_name: str = 'adamw', learning_rate: float = 1e-4, steps: int = 20,
-                  warmup: int = 2, with_eval: bool = True, roofline: dict | None = None) -> dict:
+                  warmup: int = 2, with_eval: bool = True, roofline: dict | None = None,
+                  profile_steps: int = 0) -> dict:
   """Builds, compiles and times the train (and eval) step of `model`; returns a JSON-able dict."""
   window = model.window_length
   if segment_length % window:
@@ -131,6 +134,11 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   times, (params, opt_state, memory) = _time_steps(train_once, (params, opt_state, memory),
                                                    warmup, steps)
   train = _timing(compile_s, times)
+  where = None
+  if profile_steps:
+    keys = iter(jax.random.split(jax.random.PRNGKey(2), profile_steps))
+    where, (params, opt_state, memory) = profile.profile(
+        train_once, (params, opt_state, memory), profile_steps, compiled.as_text())
   tokens_per_step = batch_size * segment_length
   result = {
       'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
@@ -145,6 +153,8 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
                     flops_per_s=train_flops / train.median_s,
                     compiled_memory=_compiled_memory(compiled)),
   }
+  if where is not None:
+    result['train']['profile'] = where
   if roofline:
     result['roofline'] = roofline
     result['train']['roofline_fraction'] = result['train']['flops_per_s'] / roofline['flops_per_s']
@@ -215,6 +225,11 @@ def _format(result: dict, name: str) -> str:
     temp = result['train']['compiled_memory'].get('temp_size_in_bytes')
     if temp is not None:
       lines.append(f'  train step temporaries (XLA buffer assignment): {temp / 2**20:.1f} MiB')
+  where = result['train'].get('profile')
+  if where and 'by_category' in where:
+    lines.append(f'  profile of the train step ({where["total_s"]:.2f} s of ops per step):')
+    for label, seconds in list(where['by_category'].items())[:16]:
+      lines.append(f'    {label:32s} {seconds:7.3f} s  {100 * seconds / where["total_s"]:5.1f}%')
   lines.append(f'  peak RSS: {result["peak_rss_bytes"] / 2**20:.0f} MiB')
   if 'device_memory' in result:
     lines.append(f'  device memory: {result["device_memory"]}')
@@ -253,7 +268,8 @@ def main(argv: Sequence[str]) -> None:
   name = ' + '.join(FLAGS.gin_file)
   roofline = flops.measure_roofline(model.config.compute_dtype, FLAGS.roofline_size)
   common = dict(optimizer_name=config.optimizer, learning_rate=config.learning_rate,
-                steps=FLAGS.steps, warmup=FLAGS.warmup, roofline=roofline)
+                steps=FLAGS.steps, warmup=FLAGS.warmup, roofline=roofline,
+                profile_steps=FLAGS.profile_steps)
   if windows:
     rows = sweep(model, batch_size, windows, **common)
     print(json.dumps({'model': name, 'roofline': roofline, 'sweep': rows}, indent=1)
