@@ -6,8 +6,11 @@
 First measures the machine's dense-matmul roofline at the model's compute dtype (a large
 `jnp.dot`), then builds the model and a train step (next-token loss, optax, jit with donation)
 and an eval step, compiles them, runs warm-up steps and times `--steps` more, each to completion.
-FLOPs are the dot-product FLOPs of the step's jaxpr with every scan multiplied by its length (XLA's
-cost analysis counts a loop body once; its figure is reported alongside). Step times are medians.
+FLOPs are dot-product FLOPs counted on the step's jaxpr with every scan multiplied by its length
+(XLA's cost analysis counts a loop body once; its figure is reported alongside). Two counts: model
+FLOPs = 3 x the forward pass (the usual MFU convention; what `roofline_fraction` uses) and executed
+FLOPs (the train step's own jaxpr, including what rematerialisation recomputes). Step times are
+medians.
 """
 
 import dataclasses
@@ -122,8 +125,10 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   lower_s = time.perf_counter() - start
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
-  train_flops = flops.matmul_flops(steps_fns.train_fn, params, opt_state, memory, tokens,
-                                   doc_start, rng)
+  executed_flops = flops.matmul_flops(steps_fns.train_fn, params, opt_state, memory, tokens,
+                                      doc_start, rng)
+  forward_flops = flops.matmul_flops(steps_fns.eval_fn, params, memory, tokens, doc_start)
+  train_flops = 3 * forward_flops
   keys = iter(jax.random.split(jax.random.PRNGKey(1), warmup + steps))
 
   def train_once(state):
@@ -149,8 +154,10 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
       'train': dict(dataclasses.asdict(train), lower_s=lower_s,
                     tokens_per_s=tokens_per_step / train.median_s,
                     us_per_token=1e6 * train.median_s / tokens_per_step,
-                    matmul_flops=train_flops, xla_cost_analysis_flops=flops.xla_flops(compiled),
+                    matmul_flops=train_flops, executed_flops=executed_flops,
+                    xla_cost_analysis_flops=flops.xla_flops(compiled),
                     flops_per_s=train_flops / train.median_s,
+                    executed_flops_per_s=executed_flops / train.median_s,
                     compiled_memory=_compiled_memory(compiled)),
   }
   if where is not None:
@@ -158,12 +165,14 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   if roofline:
     result['roofline'] = roofline
     result['train']['roofline_fraction'] = result['train']['flops_per_s'] / roofline['flops_per_s']
+    result['train']['executed_roofline_fraction'] = (result['train']['executed_flops_per_s']
+                                                     / roofline['flops_per_s'])
 
   if with_eval:
     start = time.perf_counter()
     compiled_eval = steps_fns.evaluate.lower(params, memory, tokens, doc_start).compile()
     eval_compile_s = time.perf_counter() - start
-    eval_flops = flops.matmul_flops(steps_fns.eval_fn, params, memory, tokens, doc_start)
+    eval_flops = forward_flops
 
     def eval_once(m):
       m, _ = compiled_eval(params, m, tokens, doc_start)
@@ -192,6 +201,7 @@ def sweep(model: models.DecoderLM, batch_size: int, windows: Sequence[int], **kw
     rows.append({'num_windows': n, 'segment_length': r['segment_length'],
                  'compile_s': r['train']['compile_s'], 'median_s': r['train']['median_s'],
                  'us_per_token': r['train']['us_per_token'],
+                 'roofline_fraction': r['train'].get('roofline_fraction'),
                  'temp_bytes': r['train']['compiled_memory'].get('temp_size_in_bytes'),
                  'peak_rss_bytes': r['peak_rss_bytes']})
   return rows
@@ -220,6 +230,9 @@ def _format(result: dict, name: str) -> str:
             f'{r["flops_per_s"] / 1e9:.1f} GFLOP/s')
     if 'roofline_fraction' in r:
       line += f' = {100 * r["roofline_fraction"]:.0f}% of roofline'
+    if 'executed_flops' in r and r['executed_flops'] != r['matmul_flops']:
+      line += (f' (executed incl. recompute: {r["executed_flops"] / 1e9:.2f} GFLOP, '
+               f'{100 * r.get("executed_roofline_fraction", 0):.0f}%)')
     lines.append(line)
   if 'compiled_memory' in result['train']:
     temp = result['train']['compiled_memory'].get('temp_size_in_bytes')
