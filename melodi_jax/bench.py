@@ -55,21 +55,45 @@ class StepTiming:
   steps: int
 
 
-def _time_steps(run, state, warmup: int, steps: int) -> tuple[list[float], object]:
+def _time_steps(run, state, warmup: int, steps: int, probe=None):
+  """Runs `warmup` untimed then `steps` timed calls state = run(state), each to completion.
+
+  Returns (wall seconds, process CPU seconds, probe results (or []) per step, final state). With
+  a `probe` (the roofline matmul), it runs right before each timed step, so that the step and its
+  roofline see the same load on a shared machine.
+  """
   for _ in range(warmup):
     state = run(state)
     jax.block_until_ready(state)
-  times = []
+  walls, cpus, probes = [], [], []
   for _ in range(steps):
-    start = time.perf_counter()
+    if probe is not None:
+      probes.append(probe())
+    wall, cpu = time.perf_counter(), time.process_time()
     state = run(state)
     jax.block_until_ready(state)
-    times.append(time.perf_counter() - start)
-  return times, state
+    walls.append(time.perf_counter() - wall)
+    cpus.append(time.process_time() - cpu)
+  return walls, cpus, probes, state
 
 
 def _timing(compile_s, times) -> StepTiming:
   return StepTiming(compile_s, statistics.median(times), min(times), max(times), len(times))
+
+
+def _fractions(flops_per_step: float, walls, cpus, probes, roofline) -> dict:
+  """Fractions of the roofline: wall-clock (median over steps, each against the roofline probe
+  run just before it) and CPU-time (FLOPs per process CPU second, against the same for the
+  roofline matmul; robust to other processes sharing the cores)."""
+  if not probes:
+    return {}
+  wall = statistics.median((flops_per_step / w) / (roofline.flops / p[0])
+                           for w, p in zip(walls, probes))
+  cpu = ((flops_per_step / statistics.median(cpus))
+         / (roofline.flops / statistics.median(p[1] for p in probes)))
+  return {'roofline_fraction': wall, 'cpu_roofline_fraction': cpu,
+          'roofline_flops_per_s_during_steps': statistics.median(roofline.flops / p[0]
+                                                                 for p in probes)}
 
 
 def _peak_rss_bytes() -> int:
@@ -98,8 +122,8 @@ def _compiled_memory(compiled) -> dict:
 
 def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
                   optimizer_name: str = 'adamw', learning_rate: float = 1e-4, steps: int = 20,
-                  warmup: int = 2, with_eval: bool = True, roofline: dict | None = None,
-                  profile_steps: int = 0) -> dict:
+                  warmup: int = 2, with_eval: bool = True,
+                  roofline: flops.Roofline | None = None, profile_steps: int = 0) -> dict:
   """Builds, compiles and times the train (and eval) step of `model`; returns a JSON-able dict."""
   window = model.window_length
   if segment_length % window:
@@ -136,8 +160,9 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
     p, o, m, _ = compiled(p, o, m, tokens, doc_start, next(keys))
     return p, o, m
 
-  times, (params, opt_state, memory) = _time_steps(train_once, (params, opt_state, memory),
-                                                   warmup, steps)
+  probe = roofline.probe if roofline else None
+  times, cpus, probes, (params, opt_state, memory) = _time_steps(
+      train_once, (params, opt_state, memory), warmup, steps, probe)
   train = _timing(compile_s, times)
   where = None
   if profile_steps:
@@ -152,6 +177,7 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
       'parameters': int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
       'init_s': init_s,
       'train': dict(dataclasses.asdict(train), lower_s=lower_s,
+                    cpu_median_s=statistics.median(cpus),
                     tokens_per_s=tokens_per_step / train.median_s,
                     us_per_token=1e6 * train.median_s / tokens_per_step,
                     matmul_flops=train_flops, executed_flops=executed_flops,
@@ -163,10 +189,11 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   if where is not None:
     result['train']['profile'] = where
   if roofline:
-    result['roofline'] = roofline
-    result['train']['roofline_fraction'] = result['train']['flops_per_s'] / roofline['flops_per_s']
-    result['train']['executed_roofline_fraction'] = (result['train']['executed_flops_per_s']
-                                                     / roofline['flops_per_s'])
+    result['roofline'] = roofline.measure()
+    result['train'].update(_fractions(train_flops, times, cpus, probes, roofline))
+    executed = _fractions(executed_flops, times, cpus, probes, roofline)
+    result['train']['executed_roofline_fraction'] = executed['roofline_fraction']
+    result['train']['executed_cpu_roofline_fraction'] = executed['cpu_roofline_fraction']
 
   if with_eval:
     start = time.perf_counter()
@@ -178,14 +205,15 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
       m, _ = compiled_eval(params, m, tokens, doc_start)
       return m
 
-    times, memory = _time_steps(eval_once, memory, warmup, steps)
+    times, cpus, probes, memory = _time_steps(eval_once, memory, warmup, steps, probe)
     evaluation = _timing(eval_compile_s, times)
     result['eval'] = dict(dataclasses.asdict(evaluation),
                           tokens_per_s=tokens_per_step / evaluation.median_s,
                           us_per_token=1e6 * evaluation.median_s / tokens_per_step,
+                          cpu_median_s=statistics.median(cpus),
                           matmul_flops=eval_flops, flops_per_s=eval_flops / evaluation.median_s)
     if roofline:
-      result['eval']['roofline_fraction'] = result['eval']['flops_per_s'] / roofline['flops_per_s']
+      result['eval'].update(_fractions(eval_flops, times, cpus, probes, roofline))
   result['peak_rss_bytes'] = _peak_rss_bytes()
   device_memory = _device_memory()
   if device_memory:
@@ -201,7 +229,9 @@ def sweep(model: models.DecoderLM, batch_size: int, windows: Sequence[int], **kw
     rows.append({'num_windows': n, 'segment_length': r['segment_length'],
                  'compile_s': r['train']['compile_s'], 'median_s': r['train']['median_s'],
                  'us_per_token': r['train']['us_per_token'],
+                 'cpu_median_s': r['train']['cpu_median_s'],
                  'roofline_fraction': r['train'].get('roofline_fraction'),
+                 'cpu_roofline_fraction': r['train'].get('cpu_roofline_fraction'),
                  'temp_bytes': r['train']['compiled_memory'].get('temp_size_in_bytes'),
                  'peak_rss_bytes': r['peak_rss_bytes']})
   return rows
@@ -218,7 +248,8 @@ def _format(result: dict, name: str) -> str:
            f'{result["backend"]} ({result["device"]})']
   if 'roofline' in result:
     roof = result['roofline']
-    lines.append(f'  roofline: {roof["flops_per_s"] / 1e9:.1f} GFLOP/s ({roof["dtype"]} '
+    lines.append(f'  roofline: {roof["flops_per_s"] / 1e9:.1f} GFLOP/s wall, '
+                 f'{roof["flops_per_cpu_s"] / 1e9:.1f} GFLOP per CPU-second ({roof["dtype"]} '
                  f'{roof["size"]}x{roof["size"]} matmul, median)')
   for kind in ('train', 'eval'):
     if kind not in result:
@@ -228,12 +259,15 @@ def _format(result: dict, name: str) -> str:
             f'median of {r["steps"]} (min {1e3 * r["min_s"]:.1f}, max {1e3 * r["max_s"]:.1f}), '
             f'{r["tokens_per_s"]:,.0f} tokens/s, {r["matmul_flops"] / 1e9:.2f} GFLOP/step, '
             f'{r["flops_per_s"] / 1e9:.1f} GFLOP/s')
-    if 'roofline_fraction' in r:
-      line += f' = {100 * r["roofline_fraction"]:.0f}% of roofline'
-    if 'executed_flops' in r and r['executed_flops'] != r['matmul_flops']:
-      line += (f' (executed incl. recompute: {r["executed_flops"] / 1e9:.2f} GFLOP, '
-               f'{100 * r.get("executed_roofline_fraction", 0):.0f}%)')
     lines.append(line)
+    if 'roofline_fraction' in r:
+      line = (f'         roofline fraction: {100 * r["roofline_fraction"]:.0f}% wall-clock, '
+              f'{100 * r["cpu_roofline_fraction"]:.0f}% per CPU-second')
+      if 'executed_flops' in r and r['executed_flops'] != r['matmul_flops']:
+        line += (f' (counting recomputed FLOPs ({r["executed_flops"] / 1e9:.1f} GFLOP): '
+                 f'{100 * r["executed_roofline_fraction"]:.0f}%, '
+                 f'{100 * r["executed_cpu_roofline_fraction"]:.0f}%)')
+      lines.append(line)
   if 'compiled_memory' in result['train']:
     temp = result['train']['compiled_memory'].get('temp_size_in_bytes')
     if temp is not None:
@@ -251,11 +285,14 @@ def _format(result: dict, name: str) -> str:
 
 def _format_sweep(rows: list, name: str) -> str:
   lines = [f'{name}: train step against the number of windows',
-           f'{"N":>4} {"T":>7} {"compile s":>10} {"step ms":>9} {"us/token":>9} {"temp MiB":>9}']
+           f'{"N":>4} {"T":>7} {"compile s":>10} {"step ms":>9} {"us/token":>9} {"temp MiB":>9} '
+           f'{"roofline":>9} {"per CPU-s":>9}']
   for r in rows:
     temp = r['temp_bytes'] / 2**20 if r['temp_bytes'] is not None else float('nan')
     lines.append(f'{r["num_windows"]:>4} {r["segment_length"]:>7} {r["compile_s"]:>10.2f} '
-                 f'{1e3 * r["median_s"]:>9.1f} {r["us_per_token"]:>9.2f} {temp:>9.1f}')
+                 f'{1e3 * r["median_s"]:>9.1f} {r["us_per_token"]:>9.2f} {temp:>9.1f} '
+                 f'{100 * (r["roofline_fraction"] or 0):>8.0f}% '
+                 f'{100 * (r["cpu_roofline_fraction"] or 0):>8.0f}%')
   return '\n'.join(lines)
 
 
@@ -279,13 +316,13 @@ def main(argv: Sequence[str]) -> None:
   batch_size = FLAGS.batch_size or config.batch_size
   segment_length = FLAGS.segment_length or config.segment_length
   name = ' + '.join(FLAGS.gin_file)
-  roofline = flops.measure_roofline(model.config.compute_dtype, FLAGS.roofline_size)
+  roofline = flops.Roofline(model.config.compute_dtype, FLAGS.roofline_size)
   common = dict(optimizer_name=config.optimizer, learning_rate=config.learning_rate,
                 steps=FLAGS.steps, warmup=FLAGS.warmup, roofline=roofline,
                 profile_steps=FLAGS.profile_steps)
   if windows:
     rows = sweep(model, batch_size, windows, **common)
-    print(json.dumps({'model': name, 'roofline': roofline, 'sweep': rows}, indent=1)
+    print(json.dumps({'model': name, 'roofline': roofline.measure(), 'sweep': rows}, indent=1)
           if FLAGS.json else _format_sweep(rows, name))
     return
   result = run_benchmark(model, batch_size, segment_length, with_eval=FLAGS.eval, **common)

@@ -30,6 +30,7 @@ def test_smoke_three_steps():
     r = result[kind]
     assert r['median_s'] > 0 and r['tokens_per_s'] > 0 and r['compile_s'] > 0
     assert r['matmul_flops'] > 0 and 0 < r['roofline_fraction']
+    assert r['cpu_median_s'] > 0 and 0 < r['cpu_roofline_fraction']
   # The scan-aware count is more than XLA's, which counts the window loop's body once.
   assert result['train']['matmul_flops'] > result['train']['xla_cost_analysis_flops'] / 2
   assert result['peak_rss_bytes'] > 0

@@ -64,24 +64,39 @@ def xla_flops(compiled) -> float | None:
   return float(analysis.get('flops', 0.0)) or None
 
 
-def measure_roofline(dtype: jnp.dtype, size: int | None = None, repeats: int = 7) -> dict:
-  """Dense-matmul FLOP/s of this machine at `dtype`: median over `repeats` of one [n, n] @ [n, n].
+class Roofline:
+  """Dense-matmul FLOP/s of this machine at `dtype`: one [n, n] @ [n, n], timed in wall-clock and
+  in process CPU seconds. n defaults to 2048 on CPU (a few hundred ms on two cores) and 8192 on
+  accelerators. `probe()` times one more product, to interleave with the steps of a benchmark on a
+  machine whose load changes."""
 
-  n defaults to 2048 on CPU (a few hundred ms on two cores) and 8192 on accelerators.
-  """
-  if size is None:
-    size = 2048 if jax.default_backend() == 'cpu' else 8192
-  keys = jax.random.split(jax.random.PRNGKey(0))
-  a = jax.random.normal(keys[0], (size, size), jnp.float32).astype(dtype)
-  b = jax.random.normal(keys[1], (size, size), jnp.float32).astype(dtype)
-  dot = jax.jit(jnp.dot)
-  dot(a, b).block_until_ready()
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    dot(a, b).block_until_ready()
-    times.append(time.perf_counter() - start)
-  seconds = statistics.median(times)
-  return {'dtype': jnp.dtype(dtype).name, 'size': size, 'seconds': seconds,
-          'flops_per_s': 2.0 * size ** 3 / seconds,
-          'best_flops_per_s': 2.0 * size ** 3 / min(times)}
+  def __init__(self, dtype: jnp.dtype, size: int | None = None):
+    if size is None:
+      size = 2048 if jax.default_backend() == 'cpu' else 8192
+    keys = jax.random.split(jax.random.PRNGKey(0))
+    self.size, self.dtype = size, jnp.dtype(dtype)
+    self.flops = 2.0 * size ** 3
+    self._a = jax.random.normal(keys[0], (size, size), jnp.float32).astype(dtype)
+    self._b = jax.random.normal(keys[1], (size, size), jnp.float32).astype(dtype)
+    self._dot = jax.jit(jnp.dot)
+    self._dot(self._a, self._b).block_until_ready()
+
+  def probe(self) -> tuple[float, float]:
+    """(wall seconds, process CPU seconds) of one product."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    self._dot(self._a, self._b).block_until_ready()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+  def measure(self, repeats: int = 7) -> dict:
+    probes = [self.probe() for _ in range(repeats)]
+    wall = statistics.median(p[0] for p in probes)
+    cpu = statistics.median(p[1] for p in probes)
+    return {'dtype': self.dtype.name, 'size': self.size, 'seconds': wall, 'cpu_seconds': cpu,
+            'flops_per_s': self.flops / wall,
+            'best_flops_per_s': self.flops / min(p[0] for p in probes),
+            'flops_per_cpu_s': self.flops / cpu}
+
+
+def measure_roofline(dtype: jnp.dtype, size: int | None = None, repeats: int = 7) -> dict:
+  """Roofline(dtype, size).measure(repeats)."""
+  return Roofline(dtype, size).measure(repeats)
