@@ -201,11 +201,10 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
     eval_compile_s = time.perf_counter() - start
     eval_flops = forward_flops
 
-    def eval_once(m):
-      m, _ = compiled_eval(params, m, tokens, doc_start)
-      return m
+    def eval_once(state):
+      return compiled_eval(params, state[0], tokens, doc_start)   # (memory, loss): wait for both
 
-    times, cpus, probes, memory = _time_steps(eval_once, memory, warmup, steps, probe)
+    times, cpus, probes, (memory, _) = _time_steps(eval_once, (memory, None), warmup, steps, probe)
     evaluation = _timing(eval_compile_s, times)
     result['eval'] = dict(dataclasses.asdict(evaluation),
                           tokens_per_s=tokens_per_step / evaluation.median_s,
