@@ -10,6 +10,8 @@ import numpy as np
 from melodi_jax import models
 
 TINY = 'sizes/tiny.gin'
+MEMORIZING = ['MemorizingStack.memory_layer = 1', 'MemorizingStack.memory_slots = 24',
+              'MemorizingStack.top_k = 4']  # 3 windows of memory: the ring wraps in tests
 # name -> (gin files, bindings). Every memory kind adds its tiny config here.
 CONFIGS = {
     'melodi': (['models/melodi.gin', TINY], []),
@@ -17,6 +19,14 @@ CONFIGS = {
     'melodi_long_only': (['models/melodi.gin', TINY], ['MelodiStack.short_term_slots = 0']),
     'melodi_unmixed_summaries': (['models/melodi.gin', TINY], ['MelodiStack.mix_summaries = False']),
     'vanilla': (['models/vanilla.gin', TINY], []),
+    'transformer_xl': (['models/transformer_xl.gin', TINY], []),
+    'memorizing': (['models/memorizing.gin', TINY], MEMORIZING),
+    'memorizing_dense': (['models/memorizing_dense.gin', TINY], MEMORIZING),
+    'block_recurrent': (['models/block_recurrent.gin', TINY],
+                        ['BlockRecurrentStack.num_states = 4']),
+    'memlong': (['models/memlong.gin', TINY],
+                ['MemLongStack.memory_layer = 0', 'MemLongStack.chunks = 3',
+                 'MemLongStack.top_k = 1']),
 }
 # Configs whose memory reaches across windows (the gradient probe must see it).
 WITH_MEMORY = [name for name in CONFIGS if name != 'vanilla']
@@ -69,3 +79,11 @@ def run_segments(model, variables, segments, memory=None, doc_start=None):
     logits, memory = apply(variables, tokens, memory, starts)
     outputs.append(logits)
   return jnp.concatenate(outputs, axis=1), memory
+
+
+def floats_per_lane(gin_file: str) -> int:
+  """Float elements of the memory pytree per lane of a (paper-size) config, nothing allocated."""
+  model = models.build([gin_file])
+  memory = jax.eval_shape(lambda: model.init_memory(2))
+  return sum(leaf.size for leaf in jax.tree_util.tree_leaves(memory)
+             if jnp.issubdtype(leaf.dtype, jnp.floating)) // 2

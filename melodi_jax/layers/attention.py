@@ -50,25 +50,51 @@ def causal_mask(query_positions: np.ndarray, key_positions: np.ndarray,
   return mask
 
 
+def masked_top_k(scores: jax.Array, valid: jax.Array, k: int,
+                 approximate: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """The k best allowed scores along the last axis (kNN lookup, chunk retrieval).
+
+  scores: float[..., K]; valid: bool broadcastable to scores. Returns (scores [..., k],
+  indices int32[..., k], found bool[..., k]); `found` is False where fewer than k were allowed.
+  `approximate` uses jax.lax.approx_max_k (fast on TPU) instead of the exact jax.lax.top_k.
+  """
+  scores = jnp.where(valid, scores.astype(jnp.float32), _MASKED)
+  if approximate:
+    top, index = jax.lax.approx_max_k(scores, k)
+  else:
+    top, index = jax.lax.top_k(scores, k)
+  return top, index, top > _MASKED / 2
+
+
 def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
                           mask: jax.Array, bias: jax.Array | None = None, *,
                           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
-                          deterministic: bool = True) -> jax.Array:
+                          deterministic: bool = True, top_k: int = 0,
+                          approximate: bool = False) -> jax.Array:
   """Softmax attention; a query with no allowed key gets a zero output.
 
   query: [B, Tq, H, Dh] (already scaled); keys, values: [B, Tk, H, Dh];
   mask: bool broadcastable to [B, H, Tq, Tk]; bias: float broadcastable to [B, H, Tq, Tk].
+  top_k > 0: each query attends only to its k best allowed keys (Memorizing Transformer's kNN
+  lookup; `approximate` as in `masked_top_k`); 0: to all allowed keys (dense).
   Returns [B, Tq, H, Dh] in the query dtype. Softmax runs in float32.
   """
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, keys, preferred_element_type=jnp.float32)
   if bias is not None:
     logits = _add_shared_bias(logits, bias) if bias.shape[0] == 1 else logits + bias
-  logits = jnp.where(mask, logits, _MASKED)
+  if top_k:
+    logits, index, mask = masked_top_k(logits, mask, min(top_k, keys.shape[1]), approximate)
+    # values[b, index[b, h, q, j], h] -> [B, H, Tq, k, Dh]
+    values = jax.vmap(jax.vmap(lambda v, i: v[i]))(jnp.swapaxes(values, 1, 2), index)
+    equation = 'bhqk,bhqkd->bqhd'
+  else:
+    logits = jnp.where(mask, logits, _MASKED)
+    equation = 'bhqk,bkhd->bqhd'
   probs = jax.nn.softmax(logits, axis=-1) * mask
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = probs * keep / (1.0 - dropout_rate)
-  return jnp.einsum('bhqk,bkhd->bqhd', probs.astype(values.dtype), values)
+  return jnp.einsum(equation, probs.astype(values.dtype), values)
 
 
 @jax.custom_vjp
@@ -98,8 +124,10 @@ class Attention(nn.Module):
   """Pre-norm multi-head attention with T5 relative position bias.
 
   Fields: `cross_gate` creates the learned gate theta[H, Dh] that mixes self- and cross-attention
-  per head-channel as g * self + (1 - g) * cross with g = sigmoid(theta); `span` limits how far
-  back (in positions) a query may look (Transformer-XL's sliding window).
+  per head-channel as g * self + (1 - g) * cross with g = sigmoid(theta) (theta[H, 1], one gate
+  per head, with `gate_per_head`); `cross_top_k` > 0 restricts each query's cross-attention to
+  its top-k keys (`cross_approximate`: approximate top-k). The call's `span` limits how far back
+  (in positions) a query may look (Transformer-XL's sliding window).
   """
   model_dim: int
   num_heads: int
@@ -109,6 +137,9 @@ class Attention(nn.Module):
   position_buckets: int = 32
   position_max_distance: int = 128
   cross_gate: bool = False
+  gate_per_head: bool = False       # Memorizing Transformer: one gate per head
+  cross_top_k: int = 0              # 0: dense cross-attention over the whole cross memory
+  cross_approximate: bool = False   # with cross_top_k: jax.lax.approx_max_k (TPU) over exact top-k
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -130,7 +161,8 @@ class Attention(nn.Module):
                                  (self.num_heads,), jnp.float32)
     if self.cross_gate:
       self.gate_logit = self.param('gate_logit', nn.initializers.zeros,
-                                   (self.num_heads, self.head_dim), jnp.float32)
+                                   (self.num_heads, 1 if self.gate_per_head else self.head_dim),
+                                   jnp.float32)
 
   def key_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values of hidden states x: [B, K, d] -> ([B, K, H, Dh], [B, K, H, Dh])."""
@@ -178,8 +210,9 @@ class Attention(nn.Module):
     cross_out = dot_product_attention(query, cross.keys.astype(self.dtype),
                                       cross.values.astype(self.dtype), valid[:, None, None, :],
                                       dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                      deterministic=deterministic)
-    gate = jax.nn.sigmoid(self.gate_logit).astype(self.dtype)            # [H, Dh]
+                                      deterministic=deterministic, top_k=self.cross_top_k,
+                                      approximate=self.cross_approximate)
+    gate = jax.nn.sigmoid(self.gate_logit).astype(self.dtype)            # [H, Dh or 1]
     has_memory = jnp.any(valid, axis=1)[:, None, None, None]              # [B, 1, 1, 1]
     gate = jnp.where(has_memory, gate, jnp.ones_like(gate))
     return gate * self_out + (1 - gate) * cross_out

@@ -8,6 +8,7 @@ import gin
 from melodi_jax.models.config import ConfigError, ModelConfig
 from melodi_jax.models.decoder import DecoderLM
 from melodi_jax.models import stacks  # noqa: F401  (registers the stack plans with gin)
+from melodi_jax.models import baseline_stacks  # noqa: F401  (the baselines' stack plans)
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'configs')

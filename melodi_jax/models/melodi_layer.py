@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax.layers.attention import Attention
-from melodi_jax.layers.feedforward import FeedForward
 from melodi_jax.layers.mixing import TokenMixer
 from melodi_jax.memory import long_term, short_term
+from melodi_jax.models.block import attention_and_ffn
 from melodi_jax.models.config import ModelConfig
 
 SUMMARIES = 'summaries'  # key of the summary tokens [B, S, d] in the per-window `extras` dict
@@ -66,10 +66,8 @@ class MelodiLayer(nn.Module):
                           name='attention')
     groups = [short_term.read(attention, memory['short_term'])] if options.short_term_slots else []
     cross = long_term.read(memory['long_term']) if options.long_term_slots else None
-    h = h + attention(h, np.arange(h.shape[1]), groups, cross,
-                      deterministic=deterministic).output
-    h = h + FeedForward(config.mlp_dim, config.activation, config.dropout_rate, dtype,
-                        name='mlp')(h, deterministic)
+    h, _ = attention_and_ffn(config, attention, h, np.arange(h.shape[1]), groups, cross,
+                             deterministic=deterministic)
     tokens = h[:, :window]
     summaries = h[:, window:] if options.summary_tokens else None
 
