@@ -32,12 +32,16 @@ def step_table(results: list[dict]) -> str:
 
 
 def sweep_table(result: dict) -> str:
-  lines = ['| N windows | T | compile s | step s | us/token | roofline wall / CPU-s | temp MiB |',
-           '|---|---|---|---|---|---|---|']
+  lines = ['| N windows | T | compile s (wall / CPU) | step s | us/token | CPU-s/token (us) | '
+           'roofline wall / CPU-s | temp MiB |',
+           '|---|---|---|---|---|---|---|---|']
   for r in result['sweep']:
     temp = r.get('temp_bytes')
-    lines.append(f'| {r["num_windows"]} | {r["segment_length"]} | {r["compile_s"]:.1f} | '
-                 f'{r["median_s"]:.2f} | {r["us_per_token"]:.0f} | '
+    cpu_token = (1e6 * r['cpu_median_s'] * r['us_per_token'] / (1e6 * r['median_s'])
+                 if r.get('cpu_median_s') else float('nan'))
+    lines.append(f'| {r["num_windows"]} | {r["segment_length"]} | {r["compile_s"]:.1f} / '
+                 f'{r.get("compile_cpu_s", float("nan")):.1f} | '
+                 f'{r["median_s"]:.2f} | {r["us_per_token"]:.0f} | {cpu_token:.0f} | '
                  f'{_pct(r.get("roofline_fraction"))} / {_pct(r.get("cpu_roofline_fraction"))} | '
                  f'{(temp or 0) / 2**20:.0f} |')
   return '\n'.join(lines)
