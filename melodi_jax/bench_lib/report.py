@@ -13,16 +13,17 @@ def _pct(value):
 
 def step_table(results: list[dict]) -> str:
   lines = ['| model | params | GFLOP/step (model / executed) | train compile s | train step s '
-           '(min-max) | tokens/s | roofline: wall / per CPU-s | eval step s | eval roofline wall '
+           '(min-max) | train CPU-s | tokens/s | roofline: wall / per CPU-s | eval step s | eval roofline wall '
            '/ CPU-s | train temp MiB | peak RSS MiB |',
-           '|---|---|---|---|---|---|---|---|---|---|---|']
+           '|---|---|---|---|---|---|---|---|---|---|---|---|']
   for r in results:
     t, e = r['train'], r.get('eval', {})
     name = r['model'].split(' + ')[0].replace('models/', '').replace('.gin', '')
     lines.append(
         f'| {name} | {r["parameters"] / 1e6:.2f}M | {t["matmul_flops"] / 1e9:.0f} / '
         f'{t.get("executed_flops", t["matmul_flops"]) / 1e9:.0f} | {t["compile_s"]:.1f} | '
-        f'{t["median_s"]:.2f} ({t["min_s"]:.2f}-{t["max_s"]:.2f}) | {t["tokens_per_s"]:.0f} | '
+        f'{t["median_s"]:.2f} ({t["min_s"]:.2f}-{t["max_s"]:.2f}) | '
+        f'{t.get("cpu_median_s", float("nan")):.2f} | {t["tokens_per_s"]:.0f} | '
         f'{_pct(t.get("roofline_fraction"))} / {_pct(t.get("cpu_roofline_fraction"))} | '
         f'{e.get("median_s", float("nan")):.2f} | {_pct(e.get("roofline_fraction"))} / '
         f'{_pct(e.get("cpu_roofline_fraction"))} | '
