@@ -81,7 +81,7 @@ def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
   """
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, keys, preferred_element_type=jnp.float32)
   if bias is not None:
-    logits = logits + bias
+    logits = _add_shared_bias(logits, bias) if bias.shape[0] == 1 else logits + bias
   if top_k:
     logits, index, mask = masked_top_k(logits, mask, min(top_k, keys.shape[1]), approximate)
     # values[b, index[b, h, q, j], h] -> [B, H, Tq, k, Dh]
@@ -95,6 +95,29 @@ def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
     probs = probs * keep / (1.0 - dropout_rate)
   return jnp.einsum(equation, probs.astype(values.dtype), values)
+
+
+@jax.custom_vjp
+def _add_shared_bias(logits: jax.Array, bias: jax.Array) -> jax.Array:
+  """logits [B, ...] + bias [1, ...] shared by every lane. Same values and gradients as `+`; the
+  bias gradient is summed over lanes as B - 1 elementwise adds, because XLA:CPU lowers the
+  reduce_sum over the leading axis that `+` transposes to ~100x slower (YNNPACK reduce; it took
+  ~12% of the CPU train step, see benchmarks/README.md)."""
+  return logits + bias
+
+
+def _add_shared_bias_fwd(logits, bias):
+  return logits + bias, None
+
+
+def _add_shared_bias_bwd(_, grad):
+  total = grad[0]
+  for lane in range(1, grad.shape[0]):
+    total = total + grad[lane]
+  return grad, total[None]
+
+
+_add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
 
 
 class Attention(nn.Module):

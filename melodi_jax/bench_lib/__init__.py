@@ -1,0 +1,1 @@
+"""Helpers shared by the measurement entry points (footprint.py, bench.py)."""
