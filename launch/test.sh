@@ -4,7 +4,7 @@
 source "$(dirname "${BASH_SOURCE[0]}")/_venv.sh"
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 set +e
-python -m pytest -q tests "$@"
+python -m pytest -q -n "${PYTEST_WORKERS:-2}" tests "$@"
 status=$?
 set -e
 if [ "$status" -eq 5 ]; then

@@ -1,0 +1,84 @@
+"""`make_lanes`: the one call the trainer and the evaluator use to get batches.
+
+Task names are `<corpus>_<vocabulary>`: corpus in books, math, code, pg19, synthetic, text_dir;
+vocabulary in bytes, spm16k. The seqio registrations in tasks.py use the same names and sources.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+
+from melodi_jax.data import sources, tokens
+from melodi_jax.data.errors import DataError
+from melodi_jax.data.lanes import LaneStream, check_shapes
+from melodi_jax.data.paths import data_root
+from melodi_jax.data.vocab import VOCABULARIES, Vocabulary, get_vocabulary
+
+CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir")
+TASKS = tuple(f"{c}_{v}" for c in CORPORA for v in VOCABULARIES)
+
+
+def parse_task(task: str) -> tuple[str, str]:
+    """'books_spm16k' -> ('books', 'spm16k'); DataError for unknown names."""
+    corpus, _, vocabulary = task.rpartition("_")
+    if corpus not in CORPORA or vocabulary not in VOCABULARIES:
+        raise DataError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+    return corpus, vocabulary
+
+
+def task_vocabulary(task: str) -> Vocabulary:
+    """The vocabulary of a task name (its size is the model's vocab_size)."""
+    return get_vocabulary(parse_task(task)[1])
+
+
+def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
+               batch_size: int, segment_length: int, window_length: int, train: bool,
+               seed: int = 0, shard_index: int = 0, num_shards: int = 1,
+               tfds_data_dir: str | None = None, vocabulary: str = "bytes",
+               state: dict | None = None, data_dir: str | None = None) -> LaneStream:
+    """A LaneStream over one split of a task, sharded for data parallelism.
+
+    Args:
+      task: a task name such as 'books_bytes'; None with `text_dir` means 'text_dir_<vocabulary>'.
+      split: 'train', 'validation' or 'test'.
+      text_dir: a folder of text files (one document per file), for text_dir tasks.
+      batch_size: lanes B of this shard (per data-parallel replica).
+      segment_length, window_length: T and W; W must divide T.
+      train: shuffle documents per epoch and cycle forever; else read each document once, in order.
+      seed, shard_index, num_shards: the shuffle seed and this replica's share of the documents.
+      tfds_data_dir: folder with a prepared TFDS pg19, for pg19 tasks.
+      vocabulary: vocabulary for `text_dir` when `task` is None.
+      state: a `LaneStream.state()` to resume from.
+      data_dir: data root (default $MELODI_DATA_DIR, else <repo>/data).
+
+    Returns:
+      A LaneStream; `vocab_size`, `vocabulary` (encode/decode) and `token_bytes` (float32[V]
+      UTF-8 bytes per token id) come with it; every batch carries `bytes` float32[B].
+    """
+    check_shapes(batch_size=batch_size, segment_length=segment_length,
+                 window_length=window_length)
+    if task is None:
+        if not text_dir:
+            raise DataError("pass --task=NAME or --text_dir=PATH to choose the data")
+        task = f"text_dir_{vocabulary}"
+    corpus, vocabulary_name = parse_task(task)
+    if text_dir and corpus != "text_dir":
+        raise DataError(f"--text_dir given with task {task!r}: pass only one of them")
+    vocab = get_vocabulary(vocabulary_name)
+    source = sources.source_for(corpus, split, text_dir=text_dir, tfds_data_dir=tfds_data_dir,
+                                data_dir=data_dir)
+    cache_dir = data_root(data_dir) / "cache" / "tokens"
+    documents = tokens.load_documents(source, vocab, cache_dir=cache_dir)
+    short = int(np.sum(documents.lengths() < window_length))
+    if short:
+        logging.warning("%s: %d of %d documents are shorter than one window (%d tokens); each "
+                        "still takes a whole window", source.description, short, len(documents),
+                        window_length)
+    stream = LaneStream(documents, batch_size=batch_size, segment_length=segment_length,
+                        window_length=window_length, train=train, seed=seed,
+                        shard_index=shard_index, num_shards=num_shards,
+                        token_bytes=vocab.token_bytes, vocab_size=vocab.vocab_size, state=state,
+                        task=task, vocabulary=vocab)
+    return stream
