@@ -1,0 +1,88 @@
+"""`python -m melodi_jax.evaluate --workdir=DIR [--step=N] [--split=test] [--task=NAME | --text_dir=PATH]`
+
+Restores a checkpoint of a training run and runs the evaluation protocol (train/evaluator.py) over
+a split or a folder of text files; writes DIR/eval/<task>_<split>_<step>.json.
+"""
+from __future__ import annotations
+
+import os
+
+from absl import flags, logging
+
+from melodi_jax.train import cli
+
+cli.define_common_flags()
+flags.DEFINE_integer('step', None, 'Checkpoint step to evaluate (default: the latest).')
+flags.DEFINE_string('task', None, 'Task to evaluate (default: TrainConfig.task of the run).')
+flags.DEFINE_string('split', 'test', 'Split to evaluate.')
+flags.DEFINE_string('text_dir', None, 'Evaluate on every text file in this folder instead.')
+flags.DEFINE_integer('batch_size', None, 'Eval lanes (default: TrainConfig.eval_batch_size, '
+                     'else batch_size of the run).')
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments {argv[1:]}; every option is a --flag')
+  cli.initialize_distributed(FLAGS.multiprocess)  # before any other JAX call
+  if not FLAGS.workdir:
+    raise cli.UserError('--workdir is required: pass the folder of a training run')
+  workdir = os.path.abspath(FLAGS.workdir)
+  operative = os.path.join(workdir, 'config.gin')
+  if not os.path.isfile(operative):
+    raise cli.UserError(f'{operative} not found: --workdir must be a training run that took at '
+                        'least one step')
+  if FLAGS.text_dir and not os.path.isdir(FLAGS.text_dir):
+    raise cli.UserError(f'--text_dir={FLAGS.text_dir} is not a folder; pass a folder of text '
+                        'files')
+  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  import jax  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import checkpoints, config, evaluator, inputs, optim, partitioning  # pylint: disable=g-import-not-at-top,unused-import
+
+  cli.parse_gin([operative] + list(FLAGS.gin_file), FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
+  model = cli.call_gin(
+      lambda: models.build_from_gin(segment_length=train_config.segment_length), 'the model')
+
+  data_axis, model_axis = train_config.mesh_shape
+  if model_axis == -1 or jax.device_count() % max(model_axis, 1):
+    model_axis = 1
+  mesh = partitioning.make_mesh((-1, model_axis))
+  rules = (tuple(train_config.axis_rules) if train_config.axis_rules
+           else partitioning.default_rules())
+  del data_axis
+  spec = inputs.StreamSpec(
+      task=FLAGS.task or train_config.task, split=FLAGS.split,
+      batch_size=FLAGS.batch_size or train_config.eval_batch,
+      segment_length=train_config.segment_length, window_length=model.window_length,
+      train=False, text_dir=FLAGS.text_dir, tfds_data_dir=FLAGS.tfds_data_dir)
+
+  batch, windows = spec.batch_size, spec.segment_length // spec.window_length
+  boxed = jax.eval_shape(
+      lambda rng: model.init(rng, jnp.zeros((batch, spec.segment_length), jnp.int32),
+                             model.init_memory(batch), jnp.ones((batch, windows), bool))['params'],
+      jax.random.key(0))
+  params_sharding = partitioning.logical_shardings(boxed, mesh, rules)
+  runner = evaluator.Evaluator(model, mesh, params_sharding, spec)
+  stream = runner.open()  # data errors surface before the checkpoint is read
+
+  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), params_sharding)
+  restored = checkpointer.restore({'params': abstract}, step=FLAGS.step)
+  if restored is None:
+    raise cli.UserError(f'no checkpoint in {checkpointer.directory}; train first')
+  logging.info('evaluating step %d on %s/%s', restored.step, spec.name, spec.split)
+  result = runner.run(restored.params, restored.step, stream=stream)
+  path = evaluator.write_result(workdir, result)
+  checkpointer.close()
+  print(f'{spec.name}/{spec.split} step {result.step}: {result.nats_per_token:.4f} nats/token, '
+        f'perplexity {result.perplexity:.3f}, {result.bits_per_byte:.4f} bits/byte over '
+        f'{result.tokens:.0f} predicted tokens ({result.documents} documents, '
+        f'{result.bytes:.0f} bytes) -> {path}')
+
+
+if __name__ == '__main__':
+  cli.run(main)

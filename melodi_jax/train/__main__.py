@@ -1,0 +1,35 @@
+"""`python -m melodi_jax.train --gin_file=... [--gin_bindings=...] --workdir=DIR`: trains (or
+resumes) a run; see train/trainer.py for the loop and configs/base.gin for the knobs."""
+from __future__ import annotations
+
+import sys
+
+from absl import flags, logging
+
+from melodi_jax.train import cli
+
+cli.define_common_flags()
+FLAGS = flags.FLAGS
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments {argv[1:]}; every option is a --flag')
+  cli.initialize_distributed(FLAGS.multiprocess)  # before any other JAX call
+  workdir = cli.check_workdir(FLAGS.workdir)
+  # Imported here so that gin knows every configurable before the files are parsed.
+  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax.train import config, optim  # pylint: disable=g-import-not-at-top,unused-import
+  cli.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
+  train_config = cli.call_gin(config.TrainConfig, 'TrainConfig').validate()
+  from melodi_jax.train import trainer  # pylint: disable=g-import-not-at-top  (slow: clu, TF)
+  try:
+    trainer.train(train_config, workdir, tfds_data_dir=FLAGS.tfds_data_dir)
+  except trainer.TrainingDiverged as e:
+    logging.flush()
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,179 @@
+"""Flags, gin parsing and error handling shared by the absl entry points (train, evaluate).
+
+Every mistake a user can make at this boundary becomes a `UserError`: one line on stderr, exit 2.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import pathlib
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+
+from absl import app, flags
+from absl import logging as absl_logging
+import gin
+
+from melodi_jax.train.errors import UserError  # re-exported for the entry points
+
+_PACKAGE_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
+
+
+def define_gin_flags():
+  """--gin_file, --gin_bindings (alias --gin_param), --gin_search_paths."""
+  flags.DEFINE_multi_string('gin_file', [], 'Gin file to parse; repeatable. Looked up as given, '
+                            'then in --gin_search_paths.')
+  flags.DEFINE_multi_string('gin_bindings', [], 'Gin binding, e.g. "TrainConfig.num_steps = 10"; '
+                            'repeatable; applied after the files.')
+  flags.DEFINE_alias('gin_param', 'gin_bindings')
+  flags.DEFINE_list('gin_search_paths', ['configs'], 'Folders where --gin_file names and gin '
+                    '`include`s are looked up (the package configs/ is always searched last).')
+
+
+def define_common_flags():
+  define_gin_flags()
+  flags.DEFINE_string('workdir', None, 'Run folder: checkpoints, metrics, operative gin config.')
+  flags.DEFINE_string('tfds_data_dir', None, 'TFDS data dir for corpora prepared with tfds '
+                      '(e.g. PG-19).')
+  flags.DEFINE_bool('multiprocess', False, 'Call jax.distributed.initialize() first (TPU pods, '
+                    'multi-node GPU).')
+
+
+def initialize_distributed(multiprocess: bool):
+  """--multiprocess: joins the other processes (TPU pod, SLURM, ...) before any other JAX call."""
+  if not multiprocess:
+    return
+  import jax  # pylint: disable=g-import-not-at-top
+  try:
+    jax.distributed.initialize()
+  except (ValueError, RuntimeError) as e:
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    raise UserError(f'--multiprocess: jax.distributed.initialize() failed ({first}); run it on '
+                    'every worker of a TPU pod or a SLURM job, or set JAX_COORDINATOR_ADDRESS, '
+                    'or drop --multiprocess on one machine') from None
+
+
+def search_paths(paths: Sequence[str]) -> list[str]:
+  out = [os.path.abspath(p) for p in paths]
+  if str(_PACKAGE_CONFIGS) not in out and _PACKAGE_CONFIGS.is_dir():
+    out.append(str(_PACKAGE_CONFIGS))
+  return out
+
+
+def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
+  candidates = [name] if os.path.isabs(name) else [name] + [os.path.join(p, name) for p in paths]
+  if not name.endswith('.gin'):
+    candidates += [c + '.gin' for c in candidates]
+  for candidate in candidates:
+    if os.path.isfile(candidate):
+      return os.path.abspath(candidate)
+  raise UserError(f'gin file {name!r} not found (looked in the current folder and '
+                  f'{", ".join(paths)}); check the name or pass --gin_search_paths')
+
+
+def _gin_message(error: BaseException) -> str:
+  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+  where = next((l for l in lines[1:] if l.startswith('In ')), '')
+  head = lines[0] if lines else type(error).__name__
+  return f'{head} {where}'.strip()
+
+
+def parse_gin(files: Sequence[str], bindings: Sequence[str], paths: Sequence[str]) -> list[str]:
+  """Parses gin files (resolved against `paths`) and bindings; returns the resolved file paths."""
+  paths = search_paths(paths)
+  for path in paths:
+    gin.add_config_file_search_path(path)
+  resolved = [resolve_gin_file(f, paths) for f in files]
+  try:
+    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
+  except IOError as e:
+    raise UserError(f'gin include failed: {_gin_message(e)}; check the include path or '
+                    '--gin_search_paths') from None
+  except (ValueError, SyntaxError, KeyError, TypeError) as e:
+    raise UserError(f'gin config error: {_gin_message(e)}; check the spelling of the '
+                    'configurable/parameter in your gin files and --gin_bindings') from None
+  return resolved
+
+
+def call_gin(fn: Callable, what: str):
+  """Calls a gin-configured constructor, turning gin binding mistakes into UserErrors."""
+  try:
+    return fn()
+  except (TypeError, ValueError, RuntimeError) as e:
+    message = str(e)
+    if 'In call to configurable' in message or 'Required bindings' in message:
+      raise UserError(f'gin config error while building {what}: {_gin_message(e)}; fix the '
+                      'binding in your gin files or --gin_bindings') from None
+    raise
+
+
+def check_workdir(workdir: str | None) -> str:
+  """Returns the absolute workdir after checking that a file can be created in it (or in its
+  nearest existing parent); leaves nothing behind."""
+  if not workdir:
+    raise UserError('--workdir is required: pass the folder for checkpoints and metrics')
+  workdir = os.path.abspath(workdir)
+  probe = workdir
+  while not os.path.exists(probe):
+    probe = os.path.dirname(probe)
+  if not os.path.isdir(probe):
+    raise UserError(f'--workdir={workdir}: {probe} is a file, not a folder; pick another workdir')
+  try:
+    handle, name = tempfile.mkstemp(prefix='.melodi_write_probe_', dir=probe)
+    os.close(handle)
+    os.remove(name)
+  except OSError as e:
+    raise UserError(f'--workdir={workdir} is not writable ({probe}: {e.strerror}); pass a folder '
+                    'you can write to') from None
+  return workdir
+
+
+def _parse_flags(argv: list[str]) -> list[str]:
+  try:
+    return flags.FLAGS(argv)
+  except flags.Error as e:
+    print(f'error: {e}; see --helpfull for the flags', file=sys.stderr)
+    sys.exit(2)
+
+
+def _user_error_types() -> tuple[type[BaseException], ...]:
+  """UserError plus the data layer's DataError and the model's ConfigError, when importable."""
+  types = [UserError]
+  for module, name in (('melodi_jax.data', 'DataError'), ('melodi_jax.data.errors', 'DataError'),
+                       ('melodi_jax.models', 'ConfigError')):
+    try:
+      types.append(getattr(__import__(module, fromlist=[name]), name))
+    except (ImportError, AttributeError):
+      pass
+  return tuple(types)
+
+
+class _QuietLibraries(logging.Filter):
+  """Drops INFO lines of orbax and jax internals, so the progress line stays readable."""
+
+  def filter(self, record: logging.LogRecord) -> bool:
+    path = record.pathname.replace(os.sep, '/')
+    if path.endswith('/resource_reader.py'):  # gin probing search paths for `include`s
+      return False
+    if record.levelno >= logging.WARNING:
+      return True
+    return '/orbax/' not in path and '/jax/_src/' not in path
+
+
+def quiet_library_logs():
+  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
+
+
+def run(main: Callable[[list[str]], None]):
+  """`app.run(main)` where a user's mistake is one line on stderr and exit status 2."""
+  def wrapped(argv):
+    quiet_library_logs()
+    user_errors = _user_error_types()
+    try:
+      main(argv)
+    except user_errors as e:
+      sys.stderr.flush()
+      print(f'error: {e}', file=sys.stderr)
+      sys.exit(2)
+  app.run(wrapped, flags_parser=_parse_flags)

@@ -1,0 +1,137 @@
+"""The evaluation protocol, shared by `python -m melodi_jax.evaluate` and evals during training:
+lanes unshuffled, every document read to its end, memory carried across segments and reset at
+document starts (the model resets where `doc_start` is set); sums kept in float64 on the host."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from melodi_jax.train import inputs, metrics, partitioning
+
+
+@dataclasses.dataclass
+class EvalResult:
+  """Totals over the split and the sizes they were measured with."""
+  task: str
+  split: str
+  step: int
+  tokens: float            # predicted (weighted) target tokens
+  bytes: float             # bytes of every document read (its first token is not predicted)
+  predicted_bytes: float   # bytes of the predicted tokens: bits_per_byte is over these
+  documents: int           # documents read
+  nats: float              # summed -log p over the predicted tokens
+  nats_per_token: float
+  perplexity: float
+  bits_per_byte: float
+  batches: int
+  complete: bool           # every document read to its end (False: capped by max_batches)
+  batch_size: int          # lanes
+  segment_length: int      # T
+  window_length: int       # W
+  memory_floats_per_lane: int
+  memory_shapes: dict[str, list[int]]  # carried memory leaves, per lane (without B)
+  protocol: str = ('lanes unshuffled; every document read to its end; memory carried across '
+                   'segments and reset at document starts')
+
+  def scalars(self) -> dict[str, float]:
+    return {'nats_per_token': self.nats_per_token, 'perplexity': self.perplexity,
+            'bits_per_byte': self.bits_per_byte, 'tokens': self.tokens, 'bytes': self.bytes}
+
+
+def memory_sizes(abstract_memory: Any, batch_size: int) -> tuple[int, dict[str, list[int]]]:
+  leaves = jax.tree_util.tree_leaves_with_path(abstract_memory)
+  shapes = {jax.tree_util.keystr(path): list(leaf.shape[1:]) for path, leaf in leaves}
+  floats = sum(int(np.prod(leaf.shape)) for _, leaf in leaves) // max(batch_size, 1)
+  return floats, shapes
+
+
+class Evaluator:
+  """Compiles the eval step once; `run(params, step)` reads a fresh stream through to its end."""
+
+  def __init__(self, model, mesh, params_sharding, spec: inputs.StreamSpec, *,
+               stream_factory: inputs.StreamFactory | None = None,
+               max_batches: int | None = None):
+    self.model, self.spec, self.max_batches = model, spec, max_batches
+    self._factory = stream_factory
+    partitioning.check_batch_divides(spec.batch_size, mesh, 'the eval batch size')
+    self._abstract_memory = jax.eval_shape(lambda: model.init_memory(spec.batch_size))
+    memory_sharding = partitioning.lane_shardings(self._abstract_memory, mesh)
+    self._batch_sharding = partitioning.batch_sharding(mesh)
+    self._init_memory = jax.jit(lambda: model.init_memory(spec.batch_size),
+                                out_shardings=memory_sharding)
+
+    def eval_step(params, memory, batch, token_bytes):
+      logits, memory = model.apply({'params': params}, batch['inputs'], memory,
+                                   batch['doc_start'])
+      sums = metrics.loss_sums(logits, batch['targets'], batch['loss_weights'], batch['bytes'])
+      # A document's first token has no target, but its bytes belong to the text read.
+      first_tokens = batch['inputs'][:, ::spec.window_length]                # int32[B, N]
+      sums['first_token_bytes'] = jnp.sum(jnp.where(batch['doc_start'],
+                                                    token_bytes[first_tokens], 0.0))
+      sums['documents'] = jnp.sum(batch['doc_start'].astype(jnp.float32))
+      return memory, sums
+
+    self._eval_step = jax.jit(
+        eval_step,
+        in_shardings=(params_sharding, memory_sharding, self._batch_sharding,
+                      partitioning.replicated(mesh)),
+        out_shardings=(memory_sharding, partitioning.replicated(mesh)), donate_argnums=(1,))
+
+  def open(self):
+    """Opens the stream (raises the data layer's errors before any work is done)."""
+    return inputs.open_stream(self.spec, self._factory, self.model.vocab_size)
+
+  def run(self, params, step: int, stream=None) -> EvalResult:
+    stream = stream if stream is not None else self.open()
+    token_bytes = getattr(stream, 'token_bytes', None)  # float32[V]: UTF-8 bytes per token id
+    if token_bytes is None:
+      token_bytes = np.ones([self.model.vocab_size], np.float32)
+    token_bytes = jnp.asarray(token_bytes, jnp.float32)
+    memory = self._init_memory()
+    sums, batches, complete = [], 0, True
+    while True:
+      if self.max_batches is not None and batches >= self.max_batches:
+        complete = False
+        break
+      batch, _ = inputs.next_batch(stream)
+      if inputs.all_processes_done(batch is None):
+        break
+      if batch is None:  # this process has read all its documents, others have not
+        batch = inputs.empty_batch(self.spec)
+      memory, batch_sums = self._eval_step(
+          params, memory, inputs.global_batch(batch, self._batch_sharding), token_bytes)
+      sums.append(batch_sums)
+      batches += 1
+    keys = ('nats', 'tokens', 'bytes', 'first_token_bytes', 'documents')
+    host_sums = jax.device_get(sums)
+    totals = {k: float(np.sum([np.float64(s[k]) for s in host_sums])) for k in keys}
+    nats_per_token = totals['nats'] / totals['tokens'] if totals['tokens'] else float('nan')
+    floats, shapes = memory_sizes(self._abstract_memory, self.spec.batch_size)
+    return EvalResult(
+        task=self.spec.name, split=self.spec.split, step=int(step), tokens=totals['tokens'],
+        bytes=totals['bytes'] + totals['first_token_bytes'], predicted_bytes=totals['bytes'],
+        documents=int(totals['documents']), nats=totals['nats'], nats_per_token=nats_per_token,
+        perplexity=math.exp(nats_per_token) if math.isfinite(nats_per_token) else float('nan'),
+        bits_per_byte=metrics.bits_per_byte(totals['nats'], totals['bytes']), batches=batches,
+        complete=complete, batch_size=self.spec.batch_size,
+        segment_length=self.spec.segment_length, window_length=self.spec.window_length,
+        memory_floats_per_lane=floats, memory_shapes=shapes)
+
+
+def write_result(workdir: str, result: EvalResult) -> str:
+  """Writes DIR/eval/<task>_<split>_<step>.json atomically (process 0 only); returns the path."""
+  path = os.path.join(workdir, 'eval', f'{result.task}_{result.split}_{result.step}.json')
+  if jax.process_index() == 0:
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path + '.tmp', 'w', encoding='utf-8') as f:
+      json.dump(dataclasses.asdict(result), f, indent=2)
+      f.write('\n')
+    os.replace(path + '.tmp', path)
+  return path

@@ -1,0 +1,292 @@
+"""The training loop: one flat function, read top to bottom (logging, mesh, model, input,
+sharding, update step, checkpoint, evals, loop). Helpers live in the sibling modules."""
+from __future__ import annotations
+
+import os
+import signal
+from typing import Any
+
+from absl import logging
+import flax
+import flax.linen as nn
+import gin
+import jax
+from jax.experimental import multihost_utils
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from melodi_jax.train import checkpoints, cli, evaluator, inputs, metrics, optim, partitioning
+from melodi_jax.train.config import TrainConfig
+from melodi_jax.train.errors import UserError
+
+
+class TrainingDiverged(RuntimeError):
+  """The loss became NaN or inf; the last good state was saved first."""
+
+
+@flax.struct.dataclass
+class TrainState:
+  step: jax.Array       # int32[]: optimizer steps taken
+  params: Any
+  opt_state: Any
+  rng: jax.Array        # uint32[2]: key data; dropout uses fold_in(rng, step)
+
+
+class StopRequest:
+  """SIGTERM/SIGINT set a flag that the loop reads between steps (finish, save, exit). With
+  several processes, jax's preemption sync point makes every process stop at the same step."""
+
+  def __init__(self):
+    self.signal_name = None
+    self._previous = {}
+    signals = [signal.SIGINT] if jax.process_count() > 1 else [signal.SIGINT, signal.SIGTERM]
+    for sig in signals:
+      self._previous[sig] = signal.signal(sig, self._handler)
+
+  def _handler(self, signum, frame):
+    del frame
+    self.signal_name = signal.Signals(signum).name
+
+  def __call__(self, step: int) -> bool:
+    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
+      self.signal_name = self.signal_name or 'preemption notice'
+      return True
+    return jax.process_count() == 1 and self.signal_name is not None
+
+  def restore(self):
+    for sig, handler in self._previous.items():
+      signal.signal(sig, handler)
+
+
+def _with_shardings(tree, shardings):
+  return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), tree,
+                      shardings)
+
+
+def _write_atomic(path: str, text: str):
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write(text)
+  os.replace(path + '.tmp', path)
+
+
+def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str | None = None,
+          optimizer_config: optim.OptimizerConfig | None = None,
+          stream_factory: inputs.StreamFactory | None = None) -> TrainState:
+  """Trains `config.num_steps` steps in `workdir`, resuming from its latest checkpoint.
+
+  `model` defaults to `models.build_from_gin()` and `stream_factory` to `data.make_lanes`; the
+  gin config must already be parsed. Raises UserError for mistakes a user can fix (nothing is
+  written to `workdir` before they are ruled out) and TrainingDiverged on a NaN/inf loss.
+  """
+  config.validate()
+  if optimizer_config is None:
+    optimizer_config = cli.call_gin(optim.OptimizerConfig, 'OptimizerConfig')
+
+  # ---------------------------------------------------------------------------------------
+  # Logging.
+  primary = jax.process_index() == 0
+  logging.info('process %d/%d, %d devices (%s)', jax.process_index(), jax.process_count(),
+               jax.device_count(), jax.devices()[0].platform)
+
+  # ---------------------------------------------------------------------------------------
+  # Mesh.
+  mesh = partitioning.make_mesh(config.mesh_shape)
+  rules = tuple(config.axis_rules) if config.axis_rules else partitioning.default_rules()
+  logging.info('mesh %s, rules %s', dict(mesh.shape), rules)
+
+  # ---------------------------------------------------------------------------------------
+  # Model.
+  if model is None:
+    from melodi_jax import models  # pylint: disable=g-import-not-at-top
+    model = cli.call_gin(lambda: models.build_from_gin(segment_length=config.segment_length),
+                         'the model')
+  batch_size, segment_length = config.batch_size, config.segment_length
+  window_length = model.window_length
+  partitioning.check_batch_divides(batch_size, mesh)
+
+  # ---------------------------------------------------------------------------------------
+  # Input: this process's lanes (the data layer reports a missing corpus here).
+  train_spec = inputs.StreamSpec(
+      task=config.task, split=config.train_split, batch_size=batch_size,
+      segment_length=segment_length, window_length=window_length, train=True, seed=config.seed,
+      text_dir=config.text_dir, tfds_data_dir=tfds_data_dir)
+  stream = inputs.open_stream(train_spec, stream_factory, model.vocab_size)
+  windows = segment_length // window_length
+  tokens_per_step = batch_size * segment_length
+  batch_sharding = partitioning.batch_sharding(mesh)
+
+  # ---------------------------------------------------------------------------------------
+  # Sharding: abstract shapes first, then everything is created directly where it lives.
+  tx = optim.make_optimizer(optimizer_config, config.num_steps)
+  schedule = optim.learning_rate_schedule(optimizer_config, config.num_steps)
+
+  def init_params(rng):
+    tokens = jnp.zeros((batch_size, segment_length), jnp.int32)
+    doc_start = jnp.ones((batch_size, windows), bool)
+    variables = model.init(rng, tokens, model.init_memory(batch_size), doc_start)
+    assert set(variables) == {'params'}, f'only params are trained, got {set(variables)}'
+    return variables['params']
+
+  boxed_params = jax.eval_shape(init_params, jax.random.key(0))
+  params_sharding = partitioning.logical_shardings(boxed_params, mesh, rules)
+  abstract_params = nn.meta.unbox(boxed_params)
+  abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+  opt_sharding = partitioning.like_param_shardings(abstract_opt_state, abstract_params,
+                                                   params_sharding, mesh)
+  abstract_memory = jax.eval_shape(lambda: model.init_memory(batch_size))
+  memory_sharding = partitioning.lane_shardings(abstract_memory, mesh)
+  replicated = partitioning.replicated(mesh)
+  state_sharding = TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding,
+                              rng=replicated)
+
+  def init_state(seed):
+    params_key, dropout_key = jax.random.split(jax.random.key(seed))
+    params = nn.meta.unbox(init_params(params_key))
+    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                      rng=jax.random.key_data(dropout_key))
+
+  init_memory = jax.jit(lambda: model.init_memory(batch_size), out_shardings=memory_sharding)
+
+  # ---------------------------------------------------------------------------------------
+  # Update step: memory enters as a constant (no gradient into earlier segments) and a step
+  # whose loss or gradient is not finite changes nothing, so the state stays the last good one.
+  def train_step(state: TrainState, memory, batch):
+    memory = jax.lax.stop_gradient(memory)
+    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
+
+    def loss_fn(params):
+      logits, new_memory = model.apply(
+          {'params': params}, batch['inputs'], memory, batch['doc_start'], train=True,
+          rngs={'dropout': dropout_key})
+      sums = metrics.loss_sums(logits, batch['targets'], batch['loss_weights'], batch['bytes'])
+      return sums['nats'] / jnp.maximum(sums['tokens'], 1.0), (new_memory, sums)
+
+    (loss, (new_memory, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    grad_norm = optax.global_norm(grads)
+    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params,
+                                                                              updates),
+                              opt_state=opt_state)
+    new_state, new_memory = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
+                                         (new_state, new_memory), (state, memory))
+    step_metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
+                        ok=ok, **sums)
+    return new_state, new_memory, step_metrics
+
+  train_step = jax.jit(
+      train_step, in_shardings=(state_sharding, memory_sharding, batch_sharding),
+      out_shardings=(state_sharding, memory_sharding, replicated), donate_argnums=(0, 1))
+
+  # ---------------------------------------------------------------------------------------
+  # Checkpoint: resume from the latest readable checkpoint, else initialize.
+  os.makedirs(workdir, exist_ok=True)  # every user mistake above has been ruled out
+  checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  restored = checkpointer.restore({
+      'params': _with_shardings(abstract_params, params_sharding),
+      'opt_state': _with_shardings(abstract_opt_state, opt_sharding),
+      'memory': _with_shardings(abstract_memory, memory_sharding)})
+  if restored is None:
+    state, memory = jax.jit(init_state, out_shardings=state_sharding)(config.seed), init_memory()
+    logging.info('initialized a new run in %s', workdir)
+  else:
+    progress = restored.progress
+    state = TrainState(
+        step=jax.device_put(jnp.asarray(restored.step, jnp.int32), replicated),
+        params=restored.params, opt_state=restored.opt_state,
+        rng=jax.device_put(jnp.asarray(progress['rng'], jnp.uint32), replicated))
+    memory = restored.memory
+    lane_states = progress.get('lane_states') or []
+    if len(lane_states) == jax.process_count():
+      inputs.restore_stream(stream, lane_states[jax.process_index()])
+    else:  # the data is resharded over a different number of processes: start lanes afresh
+      logging.warning('checkpoint lanes were written by %d processes, this run has %d: lanes '
+                      'and memory start afresh', len(lane_states), jax.process_count())
+      memory = init_memory()
+    logging.info('resumed from step %d in %s', restored.step, checkpointer.directory)
+
+  def save(step: int, lane_state: dict):
+    progress = dict(step=step, rng=[int(x) for x in np.asarray(jax.device_get(state.rng))],
+                    lane_states=inputs.gather_lane_states(lane_state), batch_size=batch_size,
+                    segment_length=segment_length, window_length=window_length,
+                    num_processes=jax.process_count(), task=train_spec.name,
+                    split=config.train_split)
+    if checkpointer.save(step, params=state.params, opt_state=state.opt_state, memory=memory,
+                         progress=progress):
+      logging.info('saving checkpoint at step %d', step)
+
+  # ---------------------------------------------------------------------------------------
+  # Evals: the evaluation protocol on `eval_split`, with the same code as melodi_jax.evaluate.
+  eval_runner = None
+  if config.eval_every:
+    eval_spec = inputs.StreamSpec(
+        task=config.task, split=config.eval_split, batch_size=config.eval_batch,
+        segment_length=segment_length, window_length=window_length, train=False,
+        text_dir=config.text_dir, tfds_data_dir=tfds_data_dir)
+    eval_runner = evaluator.Evaluator(model, mesh, params_sharding, eval_spec,
+                                      stream_factory=stream_factory,
+                                      max_batches=config.eval_max_batches)
+    eval_runner.open()  # a missing eval split is reported now, not at the first eval
+
+  # ---------------------------------------------------------------------------------------
+  # Loop.
+  step = int(restored.step) if restored else 0
+  logger = metrics.MetricLogger(workdir, config.num_steps, start_step=step, primary=primary)
+  stop = StopRequest()
+  first_step_of_process = True
+  lanes_before = stream.state()
+  batch, lanes_after = inputs.next_batch(stream)
+  try:
+    while step < config.num_steps:
+      with jax.profiler.StepTraceAnnotation('train', step_num=step):
+        state, memory, step_metrics = train_step(state, memory,
+                                                 inputs.global_batch(batch, batch_sharding))
+      lanes_done = lanes_after
+      batch, lanes_after = inputs.next_batch(stream)  # host work overlaps the device step
+      step_metrics = jax.device_get(step_metrics)
+      if not step_metrics['ok']:
+        save(step, lanes_before)  # the step changed nothing: this is the last good state
+        checkpointer.wait()
+        raise TrainingDiverged(
+            f'loss is {float(step_metrics["loss"])} (grad norm '
+            f'{float(step_metrics["grad_norm"])}) at step {step + 1}; the last good state is '
+            f'saved as step {step} in {checkpointer.directory}; lower '
+            'OptimizerConfig.peak_learning_rate or clip_grad_norm and resume')
+      step += 1
+      lanes_before = lanes_done
+
+      if first_step_of_process and primary:
+        operative = gin.operative_config_str()
+        _write_atomic(os.path.join(workdir, 'config.gin'), operative)
+        logger.text(step, 'config', operative)
+      first_step_of_process = False
+
+      if step % config.log_every == 0 or step == config.num_steps:
+        logger.train(step, dict(
+            loss=float(step_metrics['loss']),
+            bits_per_byte=metrics.bits_per_byte(float(step_metrics['nats']),
+                                                float(step_metrics['bytes'])),
+            grad_norm=float(step_metrics['grad_norm']),
+            learning_rate=float(step_metrics['learning_rate']),
+            tokens=float(step_metrics['tokens'])), tokens_per_step)
+
+      if eval_runner and (step % config.eval_every == 0 or step == config.num_steps):
+        result = eval_runner.run(state.params, step)
+        logger.eval(step, f'{result.task}_{result.split}', result.scalars())
+        if result.complete:
+          evaluator.write_result(workdir, result)
+
+      stopping = stop(step)
+      if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
+        save(step, lanes_done)
+      if stopping:
+        logging.warning('stopped by %s after step %d; checkpoint saved; rerun the same command '
+                        'to resume', stop.signal_name, step)
+        break
+  finally:
+    stop.restore()
+    checkpointer.wait()
+    checkpointer.close()
+    logger.close()
+  return state
