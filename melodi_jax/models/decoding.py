@@ -59,10 +59,7 @@ class Decoder:
     self.model, self.params = model, params
     self.window_length = model.window_length
     self.prefill_windows = max(int(prefill_windows), 1)
-    self._feed = jax.jit(functools.partial(_feed, model))
-    self._windows = jax.jit(functools.partial(_windows, model))
-    self._generate = jax.jit(functools.partial(_generate, model),
-                             static_argnames=('steps', 'temperature', 'top_k'))
+    self._feed, self._windows, self._generate = _compiled(model)
 
   def start(self, batch_size: int, memory: dict | None = None) -> DecodeState:
     """Lanes at the start of a document (memory: carried from elsewhere, else fresh)."""
@@ -127,6 +124,14 @@ class Decoder:
       state = self.feed(state, tokens[:, t])
       logits.append(state.logits)
     return np.stack([np.asarray(l) for l in logits], axis=1), state
+
+
+@functools.lru_cache(maxsize=None)
+def _compiled(model: DecoderLM):
+  """The jitted functions of a model, shared by every Decoder of it (compiled once)."""
+  return (jax.jit(functools.partial(_feed, model)), jax.jit(functools.partial(_windows, model)),
+          jax.jit(functools.partial(_generate, model),
+                  static_argnames=('steps', 'temperature', 'top_k')))
 
 
 def _feed(model: DecoderLM, params: dict, state: DecodeState, tokens: jax.Array) -> DecodeState:
