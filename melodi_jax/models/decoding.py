@@ -59,7 +59,7 @@ class Decoder:
     self.model, self.params = model, params
     self.window_length = model.window_length
     self.prefill_windows = max(int(prefill_windows), 1)
-    self._feed, self._windows, self._generate = _compiled(model)
+    self._feed, self._windows, self._generate, self._close = _compiled(model)
 
   def start(self, batch_size: int, memory: dict | None = None) -> DecodeState:
     """Lanes at the start of a document (memory: carried from elsewhere, else fresh)."""
@@ -94,17 +94,23 @@ class Decoder:
     return state
 
   def generate(self, state: DecodeState, num_tokens: int, rng: jax.Array,
-               temperature: float = 1.0, top_k: int = 0,
-               chunk: int = 256) -> tuple[np.ndarray, DecodeState]:
+               temperature: float = 1.0, top_k: int = 0) -> tuple[np.ndarray, DecodeState]:
     """Samples `num_tokens` tokens per lane from `state` (which must have been fed at least one
-    token). Token i is drawn with fold_in(rng, i), so the result does not depend on `chunk`
-    (tokens per compiled loop; the last chunk may be shorter). Returns (int32[B, n], state)."""
-    out = []
-    for begin in range(0, num_tokens, chunk):
-      steps = min(chunk, num_tokens - begin)
-      state, tokens = self._generate(self.params, state, rng, jnp.int32(begin), steps=steps,
-                                     temperature=float(temperature), top_k=int(top_k))
+    token). Token i is drawn with fold_in(rng, i). Returns (int32[B, n], state).
+
+    One compiled loop per stretch inside a window, with the memory a loop constant (not carried
+    through every step), then the window's memory update: at most 3 loop lengths compile."""
+    out, done = [], 0
+    index = int(state.cache['index'])
+    sample = dict(temperature=float(temperature), top_k=int(top_k))
+    while done < num_tokens:
+      steps = min(num_tokens - done, self.window_length - index)
+      state, tokens = self._generate(self.params, state, rng, jnp.int32(done), steps=steps,
+                                     **sample)
       out.append(np.asarray(tokens))
+      done, index = done + steps, index + steps
+      if index == self.window_length:
+        state, index = self._close(self.params, state), 0
     batch = state.window.shape[0]
     return (np.concatenate(out, axis=1) if out else np.zeros((batch, 0), np.int32)), state
 
@@ -131,29 +137,32 @@ def _compiled(model: DecoderLM):
   """The jitted functions of a model, shared by every Decoder of it (compiled once)."""
   return (jax.jit(functools.partial(_feed, model)), jax.jit(functools.partial(_windows, model)),
           jax.jit(functools.partial(_generate, model),
-                  static_argnames=('steps', 'temperature', 'top_k')))
+                  static_argnames=('steps', 'temperature', 'top_k')),
+          jax.jit(functools.partial(_close_window, model)))
+
+
+def _step(model: DecoderLM, params: dict, state: DecodeState, tokens: jax.Array) -> DecodeState:
+  """One token per lane int32[B] at slot cache['index'] (which must be < W); memory unchanged."""
+  logits, cache = model.apply({'params': params}, tokens[:, None], state.memory,
+                              state.doc_start[:, None], cache=state.cache)
+  window = jax.lax.dynamic_update_slice_in_dim(state.window, tokens[:, None],
+                                               state.cache['index'], axis=1)
+  return state._replace(cache=cache, window=window, logits=logits[:, 0])
+
+
+def _close_window(model: DecoderLM, params: dict, state: DecodeState) -> DecodeState:
+  """The full window's memory update (the training forward pass on it) and a fresh cache."""
+  _, memory = model.apply({'params': params}, state.window, state.memory,
+                          state.doc_start[:, None])
+  return state._replace(memory=memory, cache=dict(state.cache, index=jnp.zeros_like(
+      state.cache['index'])), doc_start=jnp.zeros_like(state.doc_start))
 
 
 def _feed(model: DecoderLM, params: dict, state: DecodeState, tokens: jax.Array) -> DecodeState:
-  """One token per lane int32[B] at slot cache['index']; when that fills the window, the
-  window's memory update (the training forward pass on the window) and a fresh cache."""
-  variables = {'params': params}
-  logits, cache = model.apply(variables, tokens[:, None], state.memory, state.doc_start[:, None],
-                              cache=state.cache)
-  window = jax.lax.dynamic_update_slice_in_dim(state.window, tokens[:, None],
-                                               state.cache['index'], axis=1)
-
-  def close_window(_):
-    _, memory = model.apply(variables, window, state.memory, state.doc_start[:, None])
-    return memory, dict(cache, index=jnp.zeros_like(cache['index'])), jnp.zeros_like(
-        state.doc_start)
-
-  def keep_window(_):
-    return state.memory, cache, state.doc_start
-
-  memory, cache, doc_start = jax.lax.cond(cache['index'] == model.window_length, close_window,
-                                          keep_window, None)
-  return DecodeState(memory, cache, window, doc_start, logits[:, 0])
+  """`_step`, then `_close_window` if that filled the window."""
+  state = _step(model, params, state, tokens)
+  return jax.lax.cond(state.cache['index'] == model.window_length,
+                      functools.partial(_close_window, model, params), lambda s: s, state)
 
 
 def _windows(model: DecoderLM, params: dict, state: DecodeState,
@@ -170,10 +179,16 @@ def _windows(model: DecoderLM, params: dict, state: DecodeState,
 def _generate(model: DecoderLM, params: dict, state: DecodeState, rng: jax.Array,
               first: jax.Array, *, steps: int, temperature: float,
               top_k: int) -> tuple[DecodeState, jax.Array]:
-  """`steps` rounds of: sample from state.logits, feed the sample. -> (state, int32[B, steps])."""
-  def body(state, step):
-    token = sample_token(state.logits, jax.random.fold_in(rng, step), temperature, top_k)
-    return _feed(model, params, state, token), token
+  """`steps` rounds of: sample from the logits, feed the sample; all inside one window (the
+  caller closes it), so only the cache, the window and the logits change from step to step.
+  -> (state, int32[B, steps])."""
+  def body(carry, step):
+    cache, window, logits = carry
+    token = sample_token(logits, jax.random.fold_in(rng, step), temperature, top_k)
+    moved = _step(model, params, state._replace(cache=cache, window=window), token)
+    return (moved.cache, moved.window, moved.logits), token
 
-  state, tokens = jax.lax.scan(body, state, first + jnp.arange(steps, dtype=jnp.int32))
-  return state, tokens.T
+  (cache, window, logits), tokens = jax.lax.scan(
+      body, (state.cache, state.window, state.logits),
+      first + jnp.arange(steps, dtype=jnp.int32))
+  return state._replace(cache=cache, window=window, logits=logits), tokens.T
