@@ -2,15 +2,15 @@
 the data layer's batch format and state()/restore()."""
 import functools
 import json
-import sys
 import os
+import sys
 import tempfile
 
 import jax
 import numpy as np
 
 from melodi_jax.train import config, optim, trainer
-from melodi_jax.train.errors import UserError  # pylint: disable=unused-import
+from melodi_jax.train.errors import UserError  # pylint: disable=unused-import  (for tests)
 
 SEGMENT = 16
 WINDOW = 8

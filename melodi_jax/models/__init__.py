@@ -1,5 +1,6 @@
 """Build a window-recurrent decoder from gin files: `models.build(gin_files, bindings)`."""
 
+import logging
 import os
 from typing import Sequence
 
@@ -12,6 +13,15 @@ from melodi_jax.models import baseline_stacks  # noqa: F401  (the baselines' sta
 
 CONFIG_DIR = os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(
     os.path.abspath(__file__)))), 'configs')
+
+
+def _not_gin_resource_miss(record: logging.LogRecord) -> bool:
+  # gin first tries every `include` as a Python package resource and logs an ERROR when it is
+  # not one, before finding the file on the search path; that line would only alarm users.
+  return not record.pathname.endswith(os.path.join('gin', 'resource_reader.py'))
+
+
+logging.getLogger().addFilter(_not_gin_resource_miss)
 
 
 def build_from_gin(segment_length: int | None = None) -> DecoderLM:

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from melodi_jax.models import freezing
 from melodi_jax.train import checkpoints, cli, evaluator, inputs, metrics, optim, partitioning
 from melodi_jax.train import warm_start
 from melodi_jax.train.config import TrainConfig
@@ -35,25 +36,32 @@ class TrainState:
 
 
 class StopRequest:
-  """SIGTERM/SIGINT set a flag that the loop reads between steps (finish, save, exit). With
-  several processes, jax's preemption sync point makes every process stop at the same step."""
+  """Between steps, says whether to save and stop. One process: SIGTERM or Ctrl-C set a flag
+  (a second Ctrl-C interrupts at once). Several processes: jax's preemption sync point, so that
+  every process stops after the same step."""
 
   def __init__(self):
     self.signal_name = None
     self._previous = {}
-    signals = [signal.SIGINT] if jax.process_count() > 1 else [signal.SIGINT, signal.SIGTERM]
-    for sig in signals:
-      self._previous[sig] = signal.signal(sig, self._handler)
+    if jax.process_count() == 1:
+      for sig in (signal.SIGINT, signal.SIGTERM):
+        self._previous[sig] = signal.signal(sig, self._handler)
 
   def _handler(self, signum, frame):
     del frame
+    if self.signal_name == 'SIGINT' and signum == signal.SIGINT:
+      raise KeyboardInterrupt
     self.signal_name = signal.Signals(signum).name
+    logging.warning('%s received: finishing the step, then saving and stopping',
+                    self.signal_name)
 
   def __call__(self, step: int) -> bool:
-    if jax.process_count() > 1 and multihost_utils.reached_preemption_sync_point(step):
-      self.signal_name = self.signal_name or 'preemption notice'
-      return True
-    return jax.process_count() == 1 and self.signal_name is not None
+    if jax.process_count() > 1:
+      if multihost_utils.reached_preemption_sync_point(step):
+        self.signal_name = 'a preemption notice'
+        return True
+      return False
+    return self.signal_name is not None
 
   def restore(self):
     for sig, handler in self._previous.items():
@@ -124,6 +132,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   # ---------------------------------------------------------------------------------------
   # Sharding: abstract shapes first, then everything is created directly where it lives.
   tx = optim.make_optimizer(optimizer_config, config.num_steps)
+  tx = freezing.freeze_lower_layers(tx, model.config)  # MemLong's option; else tx itself
   schedule = optim.learning_rate_schedule(optimizer_config, config.num_steps)
 
   def init_params(rng):
