@@ -125,3 +125,8 @@ def test_vanilla_into_melodi_bit_identical_and_better_than_scratch(vanilla_run, 
   print(f'validation nats/token after 12 steps: warm start {warm_loss:.4f}, scratch '
         f'{scratch_loss:.4f}')
   assert warm_loss < scratch_loss
+
+
+def test_init_from_without_checkpoints_is_a_user_error(tmp_path):
+  with pytest.raises(warm_start.UserError, match='--init_from'):
+    warm_start.locate(str(tmp_path / 'no_run'))
