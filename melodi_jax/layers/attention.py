@@ -4,6 +4,8 @@
 projected, pre-normed sub-layer: its queries attend to their own keys plus any `KeyGroup`s a memory
 supplies (short-term memory, XL cache, retrieved chunks, ...) under one causal mask over positions,
 and optionally to a second, gated `cross` group (long-term memory, kNN memory, recurrent states).
+With a `WindowCache` it decodes one token: the query attends to the window's earlier tokens' cached
+keys/values under the same static mask and bias tables, indexed by the token's slot.
 """
 
 from typing import NamedTuple, Sequence
@@ -33,8 +35,20 @@ class KeyGroup(NamedTuple):
   valid: jax.Array | None = None
 
 
+class WindowCache(NamedTuple):
+  """The current window's own keys/values, for decoding one token at a time.
+
+  keys, values: [B, W, H, Dh] at window slots 0..W-1 (slots from `index` on are not filled yet);
+  index: int32[] (traced), the slot of the token being decoded, the same in every lane.
+  """
+  keys: jax.Array
+  values: jax.Array
+  index: jax.Array
+
+
 class AttentionOutput(NamedTuple):
-  """output: [B, Tq, d] (no residual); keys/values: [B, Tq, H, Dh] of the queries' own tokens."""
+  """output: [B, Tq, d] (no residual); keys/values: [B, Tq, H, Dh] of the queries' own tokens
+  (decoding with a WindowCache: the window's [B, W, H, Dh] with this token's written in)."""
   output: jax.Array
   keys: jax.Array
   values: jax.Array
@@ -174,8 +188,12 @@ class Attention(nn.Module):
 
   def __call__(self, x: jax.Array, positions: np.ndarray, groups: Sequence[KeyGroup] = (),
                cross: KeyGroup | None = None, span: int | None = None,
-               deterministic: bool = True) -> AttentionOutput:
-    """x: [B, Tq, d] at int positions[Tq] (static); attends to `groups` + its own tokens."""
+               deterministic: bool = True, cache: WindowCache | None = None) -> AttentionOutput:
+    """x: [B, Tq, d] at int positions[Tq] (static); attends to `groups` + its own tokens.
+
+    With `cache`, x is the one token [B, 1, d] at window slot cache.index (`positions` is then
+    ignored): it attends to the cached keys/values of slots 0..index as the window's tokens do.
+    """
     h = self.norm(x)
     query, keys, values = self.query(h), self.key(h), self.value(h)
     if self.normalize_qk:
@@ -183,16 +201,30 @@ class Attention(nn.Module):
       query = _l2_normalize(query) * self.qk_scale[:, None].astype(self.dtype)
     else:
       query = query * self.head_dim ** -0.5
+    query_index = None
+    if cache is not None:
+      assert x.shape[1] == 1, f'decoding takes one token at a time, got {x.shape}'
+      query_index = cache.index
+      # Masks and biases below are static tables with a row per window slot; the token's row
+      # is picked at run time, so decoding computes exactly what the window's forward pass does.
+      positions = np.arange(cache.keys.shape[1])
+      keys = jax.lax.dynamic_update_slice_in_dim(cache.keys, keys.astype(cache.keys.dtype),
+                                                 query_index, axis=1)
+      values = jax.lax.dynamic_update_slice_in_dim(cache.values, values.astype(cache.values.dtype),
+                                                   query_index, axis=1)
     own = KeyGroup(keys, values, np.asarray(positions), None)
     everything = list(groups) + [own]
     all_keys = jnp.concatenate([g.keys.astype(self.dtype) for g in everything], axis=1)
     all_values = jnp.concatenate([g.values.astype(self.dtype) for g in everything], axis=1)
     key_positions = np.concatenate([g.positions for g in everything])
-    mask = jnp.asarray(causal_mask(np.asarray(positions), key_positions, span))[None, None]
+    mask = jnp.asarray(causal_mask(np.asarray(positions), key_positions, span))
+    if query_index is not None:
+      mask = mask[query_index][None]
+    mask = mask[None, None]
     if any(g.valid is not None for g in everything):
       valid = jnp.concatenate([_valid_or_ones(g) for g in everything], axis=1)
       mask = mask & valid[:, None, None, :]
-    bias = self.position_bias(np.asarray(positions), key_positions)
+    bias = self.position_bias(np.asarray(positions), key_positions, query_index)
     dropout_rng = None if deterministic else self.make_rng('dropout')
     out = dot_product_attention(query, all_keys, all_values, mask, bias,
                                 dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,

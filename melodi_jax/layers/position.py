@@ -29,10 +29,16 @@ class RelativePositionBias(nn.Module):
   max_distance: int = 128
 
   @nn.compact
-  def __call__(self, query_positions: np.ndarray, key_positions: np.ndarray) -> jax.Array:
-    """int[Tq], int[Tk] (static numpy) -> float32[1, H, Tq, Tk]."""
+  def __call__(self, query_positions: np.ndarray, key_positions: np.ndarray,
+               query_index: jax.Array | None = None) -> jax.Array:
+    """int[Tq], int[Tk] (static numpy) -> float32[1, H, Tq, Tk].
+
+    query_index (int32[], traced; decoding): only that query's row -> float32[1, H, 1, Tk].
+    """
     buckets = relative_position_bucket(
         key_positions[None, :] - query_positions[:, None], self.num_buckets, self.max_distance)
+    if query_index is not None:
+      buckets = jnp.asarray(buckets)[query_index][None]
     table = self.param('table', nn.initializers.normal(0.02), (self.num_buckets, self.num_heads),
                        jnp.float32)
     bias = jnp.take(table, jnp.asarray(buckets), axis=0)  # [Tq, Tk, H]

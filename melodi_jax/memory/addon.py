@@ -13,10 +13,13 @@ from melodi_jax.layers.attention import Attention, AttentionOutput, KeyGroup
 
 class Reading(NamedTuple):
   """What an addon contributes to the layer's attention: key groups (one softmax with the window
-  and the XL cache), a gated cross memory, and anything its `write` needs again (`context`)."""
+  and the XL cache), a gated cross memory, anything its `write` needs again (`context`), and
+  entries for the layers above (`extras`; known before the window, so decoding one token, which
+  skips `write`, has them too)."""
   groups: Sequence[KeyGroup] = ()
   cross: KeyGroup | None = None
   context: Any = None
+  extras: dict | None = None
 
 
 class MemoryAddon(Protocol):
@@ -31,7 +34,9 @@ class MemoryAddon(Protocol):
 
   def read(self, config: Any, attention: Attention, state: dict, extras: dict,
            deterministic: bool) -> Reading:
-    """Called before the attention, inside the layer's compact scope (may create submodules)."""
+    """Called before the attention, inside the layer's compact scope (may create submodules).
+    Must depend on the state and extras only, never on the window's tokens: a token decoded
+    alone reads the same."""
 
   def write(self, config: Any, attention: Attention, state: dict, extras: dict,
             reading: Reading, tokens: jax.Array, attended: AttentionOutput,

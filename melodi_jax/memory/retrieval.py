@@ -108,16 +108,17 @@ class RetrievalIndex:
 
   def read(self, config, attention: Attention, state: dict, extras: dict,
            deterministic: bool) -> Reading:
-    return Reading()
+    # Everything here depends on the index before the window only (decoding one token reads it).
+    chunks, found = retrieve(state, self.top_k)
+    counted = count_hits(state, chunks, found)
+    choice = {'chunks': chunks, 'found': found, 'slot': eviction_slot(counted)}
+    return Reading(context=counted, extras={RETRIEVAL: choice})
 
   def write(self, config, attention: Attention, state: dict, extras: dict, reading: Reading,
             tokens: jax.Array, attended: AttentionOutput,
             deterministic: bool) -> tuple[dict, dict]:
-    chunks, found = retrieve(state, self.top_k)
-    state = count_hits(state, chunks, found)
-    slot = eviction_slot(state)
-    extras = dict(extras, **{RETRIEVAL: {'chunks': chunks, 'found': found, 'slot': slot}})
-    return add_chunk(state, retrieval_key(tokens), slot), extras
+    slot = reading.extras[RETRIEVAL]['slot']
+    return add_chunk(reading.context, retrieval_key(tokens), slot), extras
 
 
 @dataclasses.dataclass(frozen=True)

@@ -10,6 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from melodi_jax.layers import axes
+from melodi_jax.layers.attention import WindowCache
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models import state
 from melodi_jax.models.config import ModelConfig
@@ -17,27 +18,42 @@ from melodi_jax.models.melodi_layer import SUMMARIES
 
 
 class WindowStack(nn.Module):
-  """The scan body: resets finished lanes' memory, then runs every layer on one window."""
+  """The scan body: resets finished lanes' memory, then runs every layer on one window.
+
+  Called with a `cache` (state.initial_cache) it decodes one token of the current window instead.
+  """
   config: ModelConfig
   deterministic: bool = True
 
   @nn.compact
-  def __call__(self, memory: dict, window: tuple[jax.Array, jax.Array]) -> tuple[dict, jax.Array]:
-    """memory: the carry; window: (x [B, W, d], doc_start bool[B]) -> (memory, y [B, W, d])."""
+  def __call__(self, memory: dict, window: tuple[jax.Array, jax.Array],
+               cache: dict | None = None) -> tuple[dict, jax.Array]:
+    """memory: the carry; window: (x [B, W, d], doc_start bool[B]) -> (memory, y [B, W, d]).
+
+    With `cache` (decoding): x is the token [B, 1, d] at slot cache['index'] of a window whose
+    memory is `memory` (before the window: it is reset here too); returns (the cache with this
+    token's keys/values and index + 1, y [B, 1, d]). Memory is not written while decoding.
+    """
     config = self.config
     x, doc_start = window
     batch = x.shape[0]
     memory = state.reset(memory, state.initial_memory(config, batch), doc_start)
     extras = {}
-    if config.stack.summary_tokens:
+    if config.stack.summary_tokens and cache is None:
       table = self.param('summary_tokens', nn.initializers.normal(1.0),
                          (config.stack.summary_tokens, config.model_dim), jnp.float32)
       extras[SUMMARIES] = jnp.broadcast_to(table.astype(x.dtype), (batch,) + table.shape)
     new_memory = {}
     for index, options in enumerate(config.layer_options()):
       name = state.layer_name(index)
+      layer_cache = None
+      if cache is not None:
+        layer_cache = WindowCache(cache[name]['keys'], cache[name]['values'], cache['index'])
       x, extras, new_memory[name] = options.module(config, name)(
-          x, extras, memory[name], self.deterministic)
+          x, extras, memory[name], self.deterministic, layer_cache)
+    if cache is not None:  # the layers returned their updated caches
+      new_cache = {name: {'keys': c.keys, 'values': c.values} for name, c in new_memory.items()}
+      return dict(new_cache, index=cache['index'] + 1), x
     return new_memory, x
 
 
@@ -57,38 +73,55 @@ class DecoderLM(nn.Module):
     """The memory of `batch_size` fresh lanes: a pytree whose leaves are all [B, ...]."""
     return state.initial_memory(self.config, batch_size)
 
+  def init_cache(self, batch_size: int) -> dict:
+    """The decoding cache of an empty window (see __call__'s `cache`)."""
+    return state.initial_cache(self.config, batch_size)
+
   @nn.compact
   def __call__(self, tokens: jax.Array, memory: dict, doc_start: jax.Array,
-               train: bool = False) -> tuple[jax.Array, dict]:
+               train: bool = False, cache: dict | None = None) -> tuple[jax.Array, dict]:
     """tokens int32[B, T], memory, doc_start bool[B, N] -> (logits float32[B, T, V], memory).
 
     T must be a multiple of W; N = T / W. With train=True dropout is on (rngs={'dropout': key}).
+
+    Decoding (models/decoding.py): with `cache` (init_cache, then as returned), tokens int32[B, 1]
+    is the token at slot cache['index'] of the current window, `memory` the memory before that
+    window and doc_start bool[B, 1] whether the window starts a document; returns
+    (logits float32[B, 1, V], the cache with this token's keys/values). The memory is not
+    changed: once the window is full, apply it whole (T = W) to the same memory.
     """
     config = self.config
     batch, length = tokens.shape
     window = config.window_length
-    if length % window:
+    if cache is None and length % window:
       raise ValueError(f'segment length {length} is not a multiple of ModelConfig.window_length '
                        f'= {window}: change the segment length or the window')
-    num_windows = length // window
+    num_windows = 1 if cache is not None else length // window
     if doc_start.shape != (batch, num_windows):
       raise ValueError(f'doc_start has shape {doc_start.shape}, expected (B, N) = '
                        f'{(batch, num_windows)}')
+    if cache is not None and length != 1:
+      raise ValueError(f'decoding takes one token per lane at a time, got tokens {tokens.shape}')
 
     embed = nn.Embed(config.vocab_size, config.model_dim, name='embed',
                      embedding_init=nn.with_logical_partitioning(
                          nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED)))
     x = embed(tokens).astype(config.compute_dtype)
-    x = x.reshape(batch, num_windows, window, config.model_dim).swapaxes(0, 1)  # [N, B, W, d]
 
-    body = WindowStack
-    if config.remat:
-      body = nn.remat(body, prevent_cse=False)
-    scan = nn.scan(body, variable_broadcast='params', split_rngs={'params': False, 'dropout': True},
-                   in_axes=0, out_axes=0, length=num_windows)
-    memory, y = scan(config, deterministic=not train, name='stack')(
-        memory, (x, jnp.asarray(doc_start, bool).T))
-    y = y.swapaxes(0, 1).reshape(batch, length, config.model_dim)
+    if cache is not None:  # the same parameters as the scan's (variable_broadcast='params')
+      cache, y = WindowStack(config, name='stack')(memory, (x, jnp.asarray(doc_start, bool)[:, 0]),
+                                                   cache)
+    else:
+      x = x.reshape(batch, num_windows, window, config.model_dim).swapaxes(0, 1)  # [N, B, W, d]
+      body = WindowStack
+      if config.remat:
+        body = nn.remat(body, prevent_cse=False)
+      scan = nn.scan(body, variable_broadcast='params',
+                     split_rngs={'params': False, 'dropout': True},
+                     in_axes=0, out_axes=0, length=num_windows)
+      memory, y = scan(config, deterministic=not train, name='stack')(
+          memory, (x, jnp.asarray(doc_start, bool).T))
+      y = y.swapaxes(0, 1).reshape(batch, length, config.model_dim)
     y = RMSNorm(dtype=config.compute_dtype, name='final_norm')(y)
     if config.tie_embeddings:
       logits = embed.attend(y) * config.model_dim ** -0.5
@@ -97,4 +130,4 @@ class DecoderLM(nn.Module):
                         name='logits', kernel_init=nn.with_logical_partitioning(
                             nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
                             (axes.EMBED, axes.VOCAB)))(y)
-    return logits.astype(jnp.float32), memory
+    return logits.astype(jnp.float32), (memory if cache is None else cache)

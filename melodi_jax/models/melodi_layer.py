@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from melodi_jax.layers.attention import Attention
+from melodi_jax.layers.attention import Attention, WindowCache
 from melodi_jax.layers.mixing import TokenMixer
 from melodi_jax.memory import long_term, short_term
 from melodi_jax.models.block import attention_and_ffn
@@ -51,24 +51,29 @@ class MelodiLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, extras: dict, memory: dict,
-               deterministic: bool) -> tuple[jax.Array, dict, dict]:
+               deterministic: bool,
+               cache: WindowCache | None = None) -> tuple[jax.Array, dict, dict | WindowCache]:
     """x: [B, W, d]; extras[SUMMARIES]: [B, S, d] (when S > 0); memory: this layer's part.
 
     Returns (tokens [B, W, d], extras for the next layer, memory for the next window).
+    With `cache` (decoding one token x [B, 1, d]): no summaries (no token attends to them) and
+    no memory writes; returns (token [B, 1, d], extras, the updated cache).
     """
     config, options = self.config, self.options
     dtype = config.compute_dtype
     window = x.shape[1]
-    summaries = extras[SUMMARIES] if options.summary_tokens else None
+    summaries = extras[SUMMARIES] if options.summary_tokens and cache is None else None
     h = x if summaries is None else jnp.concatenate([x, summaries.astype(x.dtype)], axis=1)
 
     attention = Attention(**config.attention_kwargs(), cross_gate=bool(options.long_term_slots),
                           name='attention')
     groups = [short_term.read(attention, memory['short_term'])] if options.short_term_slots else []
     cross = long_term.read(memory['long_term']) if options.long_term_slots else None
-    h, _ = attention_and_ffn(config, attention, h, np.arange(h.shape[1]), groups, cross,
-                             deterministic=deterministic)
+    h, attended = attention_and_ffn(config, attention, h, np.arange(h.shape[1]), groups, cross,
+                                    deterministic=deterministic, cache=cache)
     tokens = h[:, :window]
+    if cache is not None:
+      return tokens, extras, cache._replace(keys=attended.keys, values=attended.values)
     summaries = h[:, window:] if options.summary_tokens else None
 
     new_memory = {}

@@ -1,4 +1,5 @@
-"""The memory pytree: naming, initial values and the per-lane reset at document starts."""
+"""The memory pytree: naming, initial values and the per-lane reset at document starts; the
+decoding cache of the current window."""
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,17 @@ def initial_memory(config: ModelConfig, batch_size: int) -> dict:
   """{layer_name: that layer's memory at a document start}; every leaf [B, ...]."""
   return {layer_name(i): options.initial_memory(config, batch_size)
           for i, options in enumerate(config.layer_options())}
+
+
+def initial_cache(config: ModelConfig, batch_size: int) -> dict:
+  """The decoding cache of an empty window: {'index': int32[] 0 (the next token's slot),
+  layer_name: {'keys', 'values': [B, W, H, Dh] zeros in the compute dtype}}."""
+  shape = (batch_size, config.window_length, config.num_heads, config.head_dim)
+  cache = {layer_name(i): {'keys': jnp.zeros(shape, config.compute_dtype),
+                           'values': jnp.zeros(shape, config.compute_dtype)}
+           for i in range(config.num_layers)}
+  cache['index'] = jnp.zeros((), jnp.int32)
+  return cache
 
 
 def reset(memory: dict, initial: dict, doc_start: jax.Array) -> dict:

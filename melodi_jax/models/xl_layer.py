@@ -12,7 +12,7 @@ import flax.linen as nn
 import jax
 import numpy as np
 
-from melodi_jax.layers.attention import Attention
+from melodi_jax.layers.attention import Attention, WindowCache
 from melodi_jax.memory import xl_cache
 from melodi_jax.memory.addon import MemoryAddon, Reading
 from melodi_jax.models.block import attention_and_ffn
@@ -45,8 +45,13 @@ class XLLayer(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, extras: dict, memory: dict,
-               deterministic: bool) -> tuple[jax.Array, dict, dict]:
-    """x: [B, W, d] at positions 0..W-1; memory: this layer's part -> (x, extras, memory)."""
+               deterministic: bool,
+               cache: WindowCache | None = None) -> tuple[jax.Array, dict, dict | WindowCache]:
+    """x: [B, W, d] at positions 0..W-1; memory: this layer's part -> (x, extras, memory).
+
+    With `cache` (decoding one token x [B, 1, d]): the addon reads, nothing is written; returns
+    (token [B, 1, d], extras, the updated cache).
+    """
     config, addon = self.config, self.options.addon
     window = x.shape[1]
     attention = Attention(**config.attention_kwargs(),
@@ -54,9 +59,13 @@ class XLLayer(nn.Module):
     reading = Reading()
     if addon is not None:
       reading = addon.read(config, attention, memory[addon.key], extras, deterministic)
+      extras = dict(extras, **(reading.extras or {}))
     groups = list(reading.groups) + [xl_cache.read(memory[XL_CACHE])]
     h, attended = attention_and_ffn(config, attention, x, np.arange(window), groups,
-                                    reading.cross, xl_cache.span(window), deterministic)
+                                    reading.cross, xl_cache.span(config.window_length),
+                                    deterministic, cache)
+    if cache is not None:
+      return h, extras, cache._replace(keys=attended.keys, values=attended.values)
     new_memory = {XL_CACHE: xl_cache.write(memory[XL_CACHE], attended.keys, attended.values)}
     if addon is not None:
       new_memory[addon.key], extras = addon.write(config, attention, memory[addon.key], extras,

@@ -9,6 +9,11 @@ from absl import flags, logging
 from melodi_jax.train import cli
 
 cli.define_common_flags()
+flags.DEFINE_string('init_from', None, 'Warm start a new run from the checkpoint of another run '
+                    '(any model kind): parameters with the same name and shape are loaded, the '
+                    'rest initialised fresh (train/warm_start.py). Ignored when resuming.')
+flags.DEFINE_integer('freeze_loaded_steps', 0, 'With --init_from: keep the loaded parameters '
+                     'fixed for this many steps.')
 FLAGS = flags.FLAGS
 
 
@@ -24,7 +29,8 @@ def main(argv):
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig').validate()
   from melodi_jax.train import trainer  # pylint: disable=g-import-not-at-top  (slow: clu, TF)
   try:
-    trainer.train(train_config, workdir, tfds_data_dir=FLAGS.tfds_data_dir)
+    trainer.train(train_config, workdir, tfds_data_dir=FLAGS.tfds_data_dir,
+                  init_from=FLAGS.init_from, freeze_loaded_steps=FLAGS.freeze_loaded_steps)
   except trainer.TrainingDiverged as e:
     logging.flush()
     print(f'error: {e}', file=sys.stderr)

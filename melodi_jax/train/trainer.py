@@ -18,6 +18,7 @@ import optax
 
 from melodi_jax.models import freezing
 from melodi_jax.train import checkpoints, cli, evaluator, inputs, metrics, optim, partitioning
+from melodi_jax.train import warm_start
 from melodi_jax.train.config import TrainConfig
 from melodi_jax.train.errors import UserError
 
@@ -80,8 +81,12 @@ def _write_atomic(path: str, text: str):
 
 def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str | None = None,
           optimizer_config: optim.OptimizerConfig | None = None,
-          stream_factory: inputs.StreamFactory | None = None) -> TrainState:
+          stream_factory: inputs.StreamFactory | None = None, init_from: str | None = None,
+          freeze_loaded_steps: int = 0) -> TrainState:
   """Trains `config.num_steps` steps in `workdir`, resuming from its latest checkpoint.
+
+  `init_from`: a new run starts from the parameters of that run's checkpoint wherever names and
+  shapes match (train/warm_start.py); `freeze_loaded_steps` keeps those fixed for K steps.
 
   `model` defaults to `models.build_from_gin()` and `stream_factory` to `data.make_lanes`; the
   gin config must already be parsed. Raises UserError for mistakes a user can fix (nothing is
@@ -140,6 +145,10 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   boxed_params = jax.eval_shape(init_params, jax.random.key(0))
   params_sharding = partitioning.logical_shardings(boxed_params, mesh, rules)
   abstract_params = nn.meta.unbox(boxed_params)
+  warm = warm_start.plan(init_from, abstract_params) if init_from else None
+  if warm:
+    tx = warm_start.freeze_loaded(tx, warm_start.loaded_mask(abstract_params, warm),
+                                  freeze_loaded_steps)
   abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
   opt_sharding = partitioning.like_param_shardings(abstract_opt_state, abstract_params,
                                                    params_sharding, mesh)
@@ -199,6 +208,9 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   if restored is None:
     state, memory = jax.jit(init_state, out_shardings=state_sharding)(config.seed), init_memory()
     logging.info('initialized a new run in %s', workdir)
+    if warm:
+      warm_start.log_plan(warm, abstract_params, workdir)
+      state = state.replace(params=warm_start.load(state.params, warm))
   else:
     progress = restored.progress
     state = TrainState(
