@@ -51,6 +51,9 @@ def test_compare_small_report_from_fake_runs(tmp_path):
   _fake_run(runs, 'transformer_xl', 1.5, 65536)
   _fake_run(runs, 'memorizing_dense', 1.4, 589824, capped=True)
   _fake_run(runs, 'melodi', 1.3, 73728, curve=False)
+  with open(os.path.join(runs, 'melodi', 'memory_usage.json'), 'w') as f:
+    json.dump({'gates': {'stack/layer_2': {'memory_weight': 0.25}},
+               'attention_mass_on_memory': {'stack/layer_0/attention': 0.125}}, f)
   summary = report.summarize('transformer_xl', os.path.join(runs, 'transformer_xl'))
   assert summary.curve == [(5, 2.5), (10, 2.0)]
   assert summary.train_seconds == 90.5 and summary.tokens_per_second == 3000.0
@@ -65,6 +68,7 @@ def test_compare_small_report_from_fake_runs(tmp_path):
   assert 'Not run yet: block_recurrent' in text
   assert '**holds**' in text and '8.0x' in text
   assert 'Command: `bash launch/x.sh`' in text
+  assert '| MELODI S+L | layer_2 0.250 | layer_0 0.125 |' in text
   for png in ('compare_small_validation.png', 'compare_small_tradeoff.png'):
     assert os.path.getsize(os.path.join(out, png)) > 1000
 

@@ -12,6 +12,10 @@ if [ -z "${PYTHON:-}" ]; then
 fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# The command as typed (with the variables that change what runs), for the report.
+COMMAND_LINE="$(for v in SMOKE MODELS EVAL_MAX_BATCHES RUNS_ROOT MELODI_DATA_DIR; do
+  if [ -n "${!v:-}" ]; then printf '%s=%q ' "$v" "${!v}"; fi; done; printf 'bash %s' "$0"
+  if [ $# -gt 0 ]; then printf ' %q' "$@"; fi)"
 SMOKE="${SMOKE:-0}"
 RUNS_ROOT="${RUNS_ROOT:-workdirs/experiments}"
 EVAL_MAX_BATCHES="${EVAL_MAX_BATCHES:-}"
@@ -19,12 +23,12 @@ SMOKE_BINDINGS=()
 if [ "$SMOKE" = 1 ]; then
   RUNS_ROOT="$RUNS_ROOT/smoke"
   EVAL_MAX_BATCHES="${EVAL_MAX_BATCHES:-2}"
+  export MEMORY_USAGE_BATCHES="${MEMORY_USAGE_BATCHES:-2}"
   SMOKE_BINDINGS=(--gin_bindings='TrainConfig.num_steps = 4' --gin_bindings='TrainConfig.log_every = 1'
                   --gin_bindings='TrainConfig.eval_every = 2' --gin_bindings='TrainConfig.eval_max_batches = 1'
                   --gin_bindings='TrainConfig.checkpoint_every = 2'
                   --gin_bindings='OptimizerConfig.warmup_steps = 2')
 fi
-COMMAND_LINE="$(for v in SMOKE MODELS EVAL_MAX_BATCHES RUNS_ROOT; do [ -n "${!v:-}" ] && printf '%s=%q ' "$v" "${!v}"; done; printf 'bash %s' "$0"; printf ' %q' "$@")"
 
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 

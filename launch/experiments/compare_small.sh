@@ -6,6 +6,7 @@
 #   bash launch/experiments/compare_small.sh            # everything (hours on a 2-core CPU)
 #   SMOKE=1 bash launch/experiments/compare_small.sh    # a few steps per row, capped evals
 #   MODELS="transformer_xl melodi" bash launch/experiments/compare_small.sh
+# Extra arguments go to every trainer call (e.g. --gin_bindings=...) and are recorded in the report.
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 export MELODI_DATA_DIR="${MELODI_DATA_DIR:-$repo_root/data}"
 ALL_ROWS=(vanilla transformer_xl block_recurrent memorizing_dense memorizing_topk memlong melodi
@@ -17,8 +18,15 @@ if [ "$SMOKE" = 1 ]; then OUT_DIR="$RUNS_ROOT/results"; else OUT_DIR="${OUT_DIR:
 
 log "compare_small: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE, data $MELODI_DATA_DIR)"
 for row in "${ROWS[@]}"; do
-  train_row "$row" "experiments/compare_small/$row.gin"
+  train_row "$row" "experiments/compare_small/$row.gin" "$@"   # extra args go to the trainer
   eval_row "$row" "$EVALS"
+  if [ ! -s "$EXP_DIR/$row/memory_usage.json" ]; then   # gates and attention mass on memory
+    log "$row: measuring memory use"
+    "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$EXP_DIR/$row" --json \
+      --batches="${MEMORY_USAGE_BATCHES:-8}" > "$EXP_DIR/$row/memory_usage.json.tmp" \
+      2>>"$EXP_DIR/$row/eval.log"
+    mv "$EXP_DIR/$row/memory_usage.json.tmp" "$EXP_DIR/$row/memory_usage.json"
+  fi
 done
 "$PYTHON" -m melodi_jax.experiments.report compare_small --runs="$EXP_DIR" --out="$OUT_DIR" \
   --rows="$(IFS=,; echo "${ROWS[*]}")" --command="$COMMAND_LINE"

@@ -15,7 +15,7 @@ else OUT_DIR="${OUT_DIR:-results}"; PER_K=(); fi
 
 log "recall: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE, data $MELODI_DATA_DIR)"
 for row in "${ROWS[@]}"; do
-  train_row "$row" "experiments/recall/$row.gin"
+  train_row "$row" "experiments/recall/$row.gin" "$@"   # extra args go to the trainer
   log "$row: scoring recall (test split)"
   "$PYTHON" -m melodi_jax.experiments.evaluate_run --workdir="$EXP_DIR/$row" --evals= \
     >>"$EXP_DIR/$row/eval.log" 2>&1 || true   # model_stats.json (parameters, memory floats)

@@ -69,7 +69,8 @@ def make_example(rng: np.random.Generator, pool: bytes, distance: int, name: str
   key = ''.join(str(d) for d in rng.integers(0, 10, KEY_DIGITS))
   statement = PREFIX + key.encode() + b'. '
   # The statement ends inside window 0 (intro may be empty).
-  intro = _filler(rng, pool, int(rng.integers(0, window - len(statement) + 1)))
+  intro_length = int(rng.integers(0, window - len(statement) + 1))
+  intro = _filler(rng, pool, intro_length - 1) + b' ' if intro_length else b''
   key_position = len(intro) + len(PREFIX)
   query_position = key_position + distance * window
   filler_length = query_position - len(PREFIX) - len(intro) - len(statement)

@@ -282,6 +282,26 @@ def plot_tradeoff(rows: Sequence[RunSummary], path: str, task: str, split: str) 
   return drawn
 
 
+def memory_usage_table(rows: Sequence[RunSummary]) -> list[str]:
+  """Lines of a table from DIR/memory_usage.json (written by the launch script), if any."""
+  usages = []
+  for row in rows:
+    path = os.path.join(row.workdir, 'memory_usage.json')
+    if os.path.isfile(path):
+      usages.append((row, _read_json(path)))
+  if not usages:
+    return []
+  lines = ['| model | gated memory weight 1 - g | self-attention mass on memory, by layer |',
+           '|---|---|---|']
+  for row, usage in usages:
+    gates = '; '.join(f'{name.split("/")[-1]} {g["memory_weight"]:.3f}'
+                      for name, g in usage.get('gates', {}).items()) or '—'
+    masses = '; '.join(f'{name.split("/")[-2] if name.count("/") else name} {m:.3f}'
+                       for name, m in usage.get('attention_mass_on_memory', {}).items()) or '—'
+    lines.append(f'| {LABELS.get(row.name, row.name)} | {gates} | {masses} |')
+  return lines
+
+
 def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str:
   """Writes OUT/compare_small.md and its two PNGs from the run folders under RUNS."""
   summaries = [summarize(name, os.path.join(runs, name)) for name in rows
@@ -348,7 +368,14 @@ def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str
     text += ['\\* capped evaluation, not the whole split: ' + '; '.join(capped) + '.', '']
   if missing:
     text += [f'Not run yet: {", ".join(missing)}.', '']
-  text += [ordering_note(summaries), '',
+  usage = memory_usage_table(summaries)
+  text += [ordering_note(summaries), '']
+  if usage:
+    text += ['Memory use of the final checkpoints (`python -m melodi_jax.experiments.memory_usage`, '
+             'first batches of books validation): weight on the gated memory, 1 - g, of each gated '
+             'layer (mean over heads/channels), and the share of each layer\'s self-attention '
+             'mass on memory keys (short-term memory, XL cache, retrieved chunks).', '', *usage, '']
+  text += [
            f'![validation bits/byte vs step]({curves_png})', '',
            f'![bits/byte vs memory footprint]({tradeoff_png})', '',
            'Memory per lane by part: ' + ('; '.join(parts) if parts else '—') + '.', '']
