@@ -10,6 +10,10 @@ cd "$repo_root"
 if [ -z "${PYTHON:-}" ]; then
   if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
 fi
+if ! "$PYTHON" -c 'import absl, gin, jax' 2>/dev/null; then
+  echo "error: $PYTHON cannot import absl/gin/jax; create .venv (bash launch/test.sh) or set PYTHON=" >&2
+  exit 2
+fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # The command as typed (with the variables that change what runs), for the report.

@@ -218,14 +218,15 @@ def ordering_note(rows: Sequence[RunSummary], task: str = 'books_bytes',
     lines.append(f'Paper ordering on {task}/{split}: not enough rows evaluated to check.')
   else:
     values = [(n, _bpb(by_name[n], task, split)) for n in present]
-    chain = ' <= '.join(f'{LABELS.get(n, n)} {v:.3f}' for n, v in values)
+    chain = ', '.join(f'{LABELS.get(n, n)} {v:.3f}' for n, v in values)
     broken = [(a, b) for (a, va), (b, vb) in zip(values, values[1:]) if round(va, 3) > round(vb, 3)]
     if broken:
       where = '; '.join(f'{LABELS.get(a, a)} > {LABELS.get(b, b)}' for a, b in broken)
       lines.append(f'Paper ordering on {task}/{split} (bits/byte, lower is better): **does not '
-                   f'hold** ({where}). Paper order with our values: {chain}.')
+                   f'hold** ({where}). Ours, in the paper\'s order: {chain}.')
     else:
-      lines.append(f'Paper ordering on {task}/{split}: **holds**: {chain}.')
+      lines.append(f'Paper ordering on {task}/{split} (bits/byte, lower is better): **holds**: '
+                   f'{chain}.')
   melodi, memorizing = by_name.get('melodi'), by_name.get('memorizing_dense')
   if melodi and memorizing and melodi.memory_floats and memorizing.memory_floats:
     lines.append(f'Memory per lane: Memorizing (dense) {memorizing.memory_floats:,} floats / '
@@ -328,8 +329,8 @@ def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str
         continue
       mark = '' if result.get('complete', True) else '*'
       if mark:
-        capped.append(f'{row.name} {task}/{split}: {result.get("batches")} batches, '
-                      f'{result.get("tokens", 0):,.0f} tokens')
+        capped.append(f'{result.get("batches")} batches ({result.get("tokens", 0):,.0f} '
+                      'predicted tokens)')
       cells.append(_fmt(result.get('bits_per_byte')) + mark)
     lines.append('| ' + ' | '.join(cells) + ' |')
 
@@ -338,7 +339,8 @@ def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str
           'ModelConfig.head_dim', 'ModelConfig.mlp_dim', 'ModelConfig.window_length',
           'TrainConfig.segment_length', 'TrainConfig.batch_size', 'TrainConfig.num_steps',
           'TrainConfig.seed', 'OptimizerConfig.name', 'OptimizerConfig.peak_learning_rate')
-  setup = ', '.join(f'{k.split(".")[1]} {settings[k]}' for k in keys if k in settings)
+  setup = ', '.join(f'{k.split(".")[1].replace("name", "optimizer")} {settings[k]}'
+                    for k in keys if k in settings)
   parts = []
   for row in summaries:
     if row.memory_parts:
@@ -365,7 +367,9 @@ def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str
       '',
   ]
   if capped:
-    text += ['\\* capped evaluation, not the whole split: ' + '; '.join(capped) + '.', '']
+    caps = ', '.join(sorted(set(capped)))
+    text += [f'\\* capped evaluation: only the first {caps} of the split were read '
+             '(EVAL_MAX_BATCHES or SMOKE=1), not the whole split.', '']
   if missing:
     text += [f'Not run yet: {", ".join(missing)}.', '']
   usage = memory_usage_table(summaries)
