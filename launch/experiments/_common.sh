@@ -78,7 +78,12 @@ train_row() {
   printf '{"from_step": %d, "to_step": %d, "seconds": %.1f, "load_average": "%s"}\n' \
     "$have" "$(latest_step "$workdir")" "$(echo "$end - $start" | bc)" \
     "$(cut -d' ' -f1-3 /proc/loadavg)" >> "$workdir/train_wall.jsonl"
-  log "$name: trained to step $(latest_step "$workdir")"
+  local now; now="$(latest_step "$workdir")"
+  if [ "$now" -lt "$want" ]; then  # SIGTERM/Ctrl-C: the trainer saved and stopped early
+    log "$name: stopped at step $now of $want; rerun the same command to resume"
+    exit 1
+  fi
+  log "$name: trained to step $now"
 }
 
 # eval_row NAME TASK:SPLIT,...: final evals of a trained row (done ones are skipped inside).

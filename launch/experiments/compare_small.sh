@@ -20,7 +20,8 @@ log "compare_small: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE, data $MELODI_DATA
 for row in "${ROWS[@]}"; do
   train_row "$row" "experiments/compare_small/$row.gin" "$@"   # extra args go to the trainer
   eval_row "$row" "$EVALS"
-  if [ ! -s "$EXP_DIR/$row/memory_usage.json" ]; then   # gates and attention mass on memory
+  usage="$EXP_DIR/$row/memory_usage.json"   # gates and attention mass on memory, final step
+  if ! grep -q "\"step\": $(latest_step "$EXP_DIR/$row")," "$usage" 2>/dev/null; then
     log "$row: measuring memory use"
     "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$EXP_DIR/$row" --json \
       --batches="${MEMORY_USAGE_BATCHES:-8}" > "$EXP_DIR/$row/memory_usage.json.tmp" \
