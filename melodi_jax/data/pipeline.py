@@ -16,7 +16,7 @@ from melodi_jax.data.lanes import LaneStream, check_shapes
 from melodi_jax.data.paths import data_root
 from melodi_jax.data.vocab import VOCABULARIES, Vocabulary, get_vocabulary
 
-CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir")
+CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir", "recall")  # recall.py (bytes)
 TASKS = tuple(f"{c}_{v}" for c in CORPORA for v in VOCABULARIES)
 
 

@@ -130,6 +130,9 @@ def source_for(corpus: str, split: str, *, text_dir: str | None = None,
         return pg19_source(split, tfds_data_dir)
     if corpus == "synthetic":
         return synthetic_source(split)
+    if corpus == "recall":
+        from melodi_jax.data import recall  # the long-range recall task (issue 7)
+        return recall.recall_source(split, data_dir)
     if corpus == "text_dir":
         if not text_dir:
             raise DataError("text_dir tasks need --text_dir=PATH (a folder of text files)")

@@ -1,0 +1,135 @@
+"""The long-range recall task (`recall_bytes`): real book text in which a random 5-digit key is
+stated near the start and asked for again exactly k windows later.
+
+  "...intro... the key is 48213. ...book text filler... the key is 48213.  ...tail..."
+   |<------------ window 0 ------------>|          k * WINDOW bytes later: |
+
+Positions are in bytes = tokens of the `bytes` vocabulary, measured from the document start
+(documents start at a window boundary in every lane, see lanes.py), so the question's digits sit
+exactly `k * WINDOW` tokens after the statement's digits, in the same place of their windows. The
+statement always ends inside window 0, so for every k >= 1 the key is further back than one
+window (beyond a one-window Transformer-XL cache of any single layer).
+
+Filler comes from the books corpus of the same split (train/validation/test), ASCII only, with
+any "key is" in it rewritten so that the only key in a document is its own. Train documents draw
+k uniformly from 1..max(DISTANCES); validation/test hold EXAMPLES_PER_DISTANCE documents for each
+k in DISTANCES. Everything is deterministic in (split, books corpus).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import re
+from typing import Iterator
+
+import numpy as np
+
+from melodi_jax.data.errors import DataError
+from melodi_jax.data.paths import SPLITS
+
+WINDOW = 64                          # tokens per window the distances k are counted in
+DISTANCES = (1, 2, 4, 8, 16, 32)     # k, in windows, of the scored (validation/test) documents
+KEY_DIGITS = 5
+PREFIX = b'the key is '
+TRAIN_DOCUMENTS = 20000
+EXAMPLES_PER_DISTANCE = 64           # validation and test documents per k
+VERSION = 'recall-v1'
+
+
+@dataclasses.dataclass(frozen=True)
+class RecallExample:
+  """One document. Positions are byte (= token) offsets from the document start."""
+  name: str
+  text: bytes
+  key: str             # 5 digits
+  distance: int        # k: windows between the statement and the question
+  key_position: int    # first key digit of the statement
+  query_position: int  # first key digit of the question = key_position + k * window
+
+  @property
+  def digit_positions(self) -> np.ndarray:
+    """int[5]: where the question's key digits are (the scored targets)."""
+    return self.query_position + np.arange(KEY_DIGITS)
+
+
+def _filler(rng: np.random.Generator, pool: bytes, length: int) -> bytes:
+  if length <= 0:
+    return b''
+  start = int(rng.integers(0, len(pool) - length))
+  return pool[start:start + length]
+
+
+def make_example(rng: np.random.Generator, pool: bytes, distance: int, name: str,
+                 window: int = WINDOW) -> RecallExample:
+  """A document whose question comes `distance` windows after the key's statement."""
+  if distance < 1:
+    raise ValueError(f'distance {distance} must be >= 1 window')
+  key = ''.join(str(d) for d in rng.integers(0, 10, KEY_DIGITS))
+  statement = PREFIX + key.encode() + b'. '
+  # The statement ends inside window 0 (intro may be empty).
+  intro_length = int(rng.integers(0, window - len(statement) + 1))
+  intro = _filler(rng, pool, intro_length - 1) + b' ' if intro_length else b''
+  key_position = len(intro) + len(PREFIX)
+  query_position = key_position + distance * window
+  filler_length = query_position - len(PREFIX) - len(intro) - len(statement)
+  filler = _filler(rng, pool, filler_length - 1) + b' '
+  tail = b'. ' + _filler(rng, pool, int(rng.integers(8, 33)))
+  text = intro + statement + filler + PREFIX + key.encode() + tail
+  example = RecallExample(name, text, key, distance, key_position, query_position)
+  assert text[query_position:query_position + KEY_DIGITS] == key.encode(), example
+  assert text[key_position:key_position + KEY_DIGITS] == key.encode(), example
+  return example
+
+
+def filler_pool(documents: Iterator[tuple[str, bytes]]) -> bytes:
+  """The split's book text as one ASCII string without any 'key is' in it."""
+  text = b'\n'.join(data for _, data in documents)
+  text = text.decode('ascii', 'ignore').encode()
+  return re.sub(rb'(?i)key(\s+)is', rb'key\1was', text)
+
+
+def examples(split: str, pool: bytes, *, window: int = WINDOW,
+             examples_per_distance: int = EXAMPLES_PER_DISTANCE,
+             train_documents: int = TRAIN_DOCUMENTS) -> list[RecallExample]:
+  """The documents of a split, deterministic in (split, pool)."""
+  if split not in SPLITS:
+    raise DataError(f'split {split!r} is not one of {SPLITS}')
+  if len(pool) < 4 * window * max(DISTANCES):
+    raise DataError(f'recall: {len(pool)} bytes of book text is too little filler; build the '
+                    'books corpus with `bash launch/prepare_data.sh --corpora=books`')
+  rng = np.random.default_rng([SPLITS.index(split), 7])
+  if split == 'train':
+    distances = rng.integers(1, max(DISTANCES) + 1, train_documents)
+  else:
+    distances = np.repeat(DISTANCES, examples_per_distance)
+  return [make_example(rng, pool, int(k), f'recall/{split}/{i:05d}_k{int(k)}', window)
+          for i, k in enumerate(distances)]
+
+
+@functools.lru_cache(maxsize=4)
+def _cached_examples(split: str, data_dir: str | None) -> tuple[RecallExample, ...]:
+  from melodi_jax.data import sources  # pylint: disable=g-import-not-at-top
+  books = sources.corpus_source('books', split, data_dir)
+  return tuple(examples(split, filler_pool(books.read())))
+
+
+def load_examples(split: str, data_dir: str | None = None) -> list[RecallExample]:
+  """The recall documents of `split`, with filler from the built books corpus."""
+  return list(_cached_examples(split, data_dir))
+
+
+def recall_source(split: str, data_dir: str | None = None):
+  """A `sources.DocumentSource` over the recall documents of `split` (task `recall_bytes`)."""
+  from melodi_jax.data import sources  # pylint: disable=g-import-not-at-top
+  books = sources.corpus_source('books', split, data_dir)
+  fingerprint = hashlib.sha256(
+      f'{VERSION}\0{split}\0{books.fingerprint}\0{WINDOW}\0{DISTANCES}\0'
+      f'{EXAMPLES_PER_DISTANCE}\0{TRAIN_DOCUMENTS}'.encode()).hexdigest()
+
+  def read() -> Iterator[tuple[str, bytes]]:
+    for example in load_examples(split, data_dir):
+      yield example.name, example.text
+
+  return sources.DocumentSource(f'recall/{split}', fingerprint, read, cacheable=False)

@@ -1,0 +1,88 @@
+"""`python -m melodi_jax.experiments.evaluate_run --workdir=DIR --evals=books_bytes:validation,...`
+
+The evaluation protocol of `python -m melodi_jax.evaluate` (train/evaluator.py: lanes unshuffled,
+every document read to its end, memory carried, reset at document starts) for several task/split
+pairs with one restore and one compiled eval step; writes the same DIR/eval/<task>_<split>_<step>
+.json files, plus DIR/model_stats.json (parameters, memory floats per lane). An eval whose file
+already exists complete (or capped the same way) is skipped, so reruns only do what is missing.
+
+--max_batches caps every eval (the JSON then says complete: false and how many batches were read);
+the experiment scripts use it only in smoke mode or when EVAL_MAX_BATCHES is set.
+"""
+from __future__ import annotations
+
+import json
+import os
+
+from absl import flags, logging
+
+from melodi_jax.train import cli
+
+flags.DEFINE_string('workdir', None, 'A training run folder.')
+flags.DEFINE_list('evals', ['books_bytes:validation'], 'task:split pairs to evaluate.')
+flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+flags.DEFINE_integer('max_batches', None, 'Cap on batches per eval (default: whole splits).')
+flags.DEFINE_integer('batch_size', None, 'Eval lanes (default: the run\'s eval batch size).')
+FLAGS = flags.FLAGS
+
+
+def _done(path: str, max_batches: int | None) -> bool:
+  if not os.path.isfile(path):
+    return False
+  with open(path, encoding='utf-8') as f:
+    result = json.load(f)
+  return bool(result.get('complete')) or (max_batches is not None and
+                                          result.get('batches') == max_batches)
+
+
+def write_model_stats(workdir: str, model, params) -> dict:
+  from melodi_jax.experiments import runs  # pylint: disable=g-import-not-at-top
+  stats = {'parameters': runs.count_params(params),
+           'memory_floats_per_lane': runs.memory_floats_per_lane(model)}
+  path = os.path.join(workdir, 'model_stats.json')
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    json.dump(stats, f, indent=1)
+  os.replace(path + '.tmp', path)
+  return stats
+
+
+def main(argv):
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments {argv[1:]}; every option is a --flag')
+  if not FLAGS.workdir:
+    raise cli.UserError('--workdir is required: pass the folder of a training run')
+  pairs = []
+  for item in FLAGS.evals:
+    task, _, split = item.partition(':')
+    if not task or not split:
+      raise cli.UserError(f'--evals item {item!r} is not task:split (e.g. books_bytes:test)')
+    pairs.append((task, split))
+  from melodi_jax.experiments import runs  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import evaluator, inputs  # pylint: disable=g-import-not-at-top
+
+  run = runs.restore(FLAGS.workdir, FLAGS.step, FLAGS.batch_size)
+  write_model_stats(run.workdir, run.model, run.params)
+  batch = FLAGS.batch_size or run.train_config.eval_batch
+  runner = None
+  for task, split in pairs:
+    path = os.path.join(run.workdir, 'eval', f'{task}_{split}_{run.step}.json')
+    if _done(path, FLAGS.max_batches):
+      logging.info('%s exists: skipped', path)
+      continue
+    spec = inputs.StreamSpec(task=task, split=split, batch_size=batch,
+                             segment_length=run.train_config.segment_length,
+                             window_length=run.model.window_length, train=False)
+    if runner is None:  # one compiled eval step serves every task: the shapes are the same
+      runner = evaluator.Evaluator(run.model, run.mesh, run.params_sharding, spec,
+                                   max_batches=FLAGS.max_batches)
+    runner.spec = spec
+    result = runner.run(run.params, run.step, stream=inputs.open_stream(spec, None,
+                                                                        run.model.vocab_size))
+    evaluator.write_result(run.workdir, result)
+    print(f'{task}/{split} step {result.step}: {result.bits_per_byte:.4f} bits/byte over '
+          f'{result.tokens:.0f} tokens ({result.documents} documents, complete={result.complete})'
+          f' -> {path}', flush=True)
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,98 @@
+"""A finished training run, restored for measuring: its model (from the run's operative
+config.gin), parameters, TrainConfig and step; plus the model's size and memory footprint."""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import os
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from melodi_jax.train.errors import UserError
+
+
+@dataclasses.dataclass
+class Run:
+  workdir: str
+  model: Any                  # models.DecoderLM
+  params: Any                 # restored parameters (unboxed)
+  train_config: Any           # train.config.TrainConfig
+  step: int
+  mesh: Any
+  params_sharding: Any
+
+
+def build_run_model(workdir: str, bindings: tuple[str, ...] = ()):
+  """(model, TrainConfig) of a run from DIR/config.gin (gin is cleared first)."""
+  operative = os.path.join(workdir, 'config.gin')
+  if not os.path.isfile(operative):
+    raise UserError(f'{operative} not found: --workdir must be a training run that took at least '
+                    'one step')
+  import gin  # pylint: disable=g-import-not-at-top
+  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax.train import cli, config, optim  # pylint: disable=g-import-not-at-top,unused-import
+  gin.clear_config()
+  cli.parse_gin([operative], list(bindings), ['configs'])
+  train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
+  model = cli.call_gin(
+      lambda: models.build_from_gin(segment_length=train_config.segment_length), 'the model')
+  return model, train_config
+
+
+def restore(workdir: str, step: int | None = None, batch_size: int | None = None) -> Run:
+  """Restores the params of DIR's checkpoint `step` (default: the latest) onto this host."""
+  import flax.linen as nn  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import checkpoints, partitioning  # pylint: disable=g-import-not-at-top
+
+  workdir = os.path.abspath(workdir)
+  model, train_config = build_run_model(workdir)
+  mesh = partitioning.make_mesh((-1, 1))
+  rules = (tuple(train_config.axis_rules) if train_config.axis_rules
+           else partitioning.default_rules())
+  batch = batch_size or train_config.eval_batch
+  windows = train_config.segment_length // model.window_length
+  boxed = jax.eval_shape(
+      lambda rng: model.init(rng, jnp.zeros((batch, train_config.segment_length), jnp.int32),
+                             model.init_memory(batch), jnp.ones((batch, windows), bool))['params'],
+      jax.random.key(0))
+  params_sharding = partitioning.logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), params_sharding)
+  checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
+  restored = checkpointer.restore({'params': abstract}, step=step)
+  checkpointer.close()
+  if restored is None:
+    raise UserError(f'no checkpoint in {checkpointer.directory}; train first')
+  return Run(workdir, model, restored.params, train_config, int(restored.step), mesh,
+             params_sharding)
+
+
+def count_params(params: Any) -> int:
+  return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
+
+
+def memory_floats_per_lane(model) -> dict[str, Any]:
+  """Float elements per lane of the carried memory, as the paper counts (bool/int bookkeeping
+  such as validity masks left out): `jax.eval_shape(model.init_memory)`, no allocation. Uses
+  melodi_jax.footprint when it is on the branch, else the same rule here."""
+  try:
+    from melodi_jax import footprint  # pylint: disable=g-import-not-at-top
+    measured = footprint.measure_model(model, 'run')
+    return {'floats': measured.paper_floats, 'parts': measured.paper_parts,
+            'source': 'melodi_jax.footprint'}
+  except Exception:  # pylint: disable=broad-exception-caught  (not on this branch, or its flags)
+    pass
+  probe = 2
+  abstract = jax.eval_shape(functools.partial(model.init_memory, probe))
+  parts: dict[str, int] = {}
+  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
+    if not jnp.issubdtype(leaf.dtype, jnp.floating):
+      continue
+    keys = [str(getattr(k, 'key', k)) for k in path]
+    part = keys[-2] if len(keys) >= 2 else keys[-1]
+    parts[part] = parts.get(part, 0) + int(np.prod(leaf.shape[1:]))
+  return {'floats': sum(parts.values()), 'parts': parts,
+          'source': 'float leaves of jax.eval_shape(model.init_memory) per lane'}

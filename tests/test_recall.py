@@ -1,0 +1,119 @@
+"""The recall task (melodi_jax/data/recall.py) and its scorer (experiments/recall_score.py)."""
+import hashlib
+
+import numpy as np
+import pytest
+
+from melodi_jax.data import recall
+from melodi_jax.experiments import recall_score
+
+WORDS = b'and the lord said unto moses verse 12 of chapter 3 key is here thou shalt not '
+
+
+def _pool(size=20000):
+  rng = np.random.default_rng(0)
+  words = WORDS.split()
+  return recall.filler_pool([('a', b' '.join(rng.choice(words, size // 5)))])
+
+
+def test_example_layout():
+  pool = _pool()
+  assert b'key is' not in pool.lower()
+  rng = np.random.default_rng(1)
+  for k in recall.DISTANCES:
+    example = recall.make_example(rng, pool, k, f'x{k}')
+    key = example.key.encode()
+    assert len(example.key) == 5 and example.key.isdigit()
+    assert example.text[example.key_position:example.key_position + 5] == key
+    assert example.key_position + 5 <= recall.WINDOW           # stated inside window 0
+    assert example.query_position - example.key_position == k * recall.WINDOW
+    assert example.text[example.query_position - len(recall.PREFIX):example.query_position] == \
+        recall.PREFIX
+    assert example.text.count(recall.PREFIX) == 2                # statement + question only
+    assert len(example.text) > example.query_position + 5        # the digits are targets
+
+
+def test_examples_per_split_are_deterministic():
+  pool = _pool()
+  test = recall.examples('test', pool, examples_per_distance=3)
+  assert sorted({e.distance for e in test}) == list(recall.DISTANCES)
+  assert len(test) == 3 * len(recall.DISTANCES)
+  assert [e.text for e in test] == [e.text for e in recall.examples('test', pool,
+                                                                    examples_per_distance=3)]
+  validation = recall.examples('validation', pool, examples_per_distance=3)
+  assert {e.key for e in validation} != {e.key for e in test}
+  train = recall.examples('train', pool, train_documents=50)
+  assert len(train) == 50 and all(1 <= e.distance <= max(recall.DISTANCES) for e in train)
+
+
+def _oracle(reach_tokens: int, vocab: int = 256):
+  """A fake model that recalls the key iff the statement is within `reach_tokens`: its memory is
+  the document so far (a numpy array per lane)."""
+  prefix = np.frombuffer(recall.PREFIX, np.uint8)
+
+  def init_memory(batch):
+    return [np.zeros(0, np.int64) for _ in range(batch)]
+
+  def apply_fn(tokens, memory, doc_start):
+    batch, length = tokens.shape
+    logits = np.zeros((batch, length, vocab), np.float32)
+    new_memory = []
+    for lane in range(batch):
+      history = memory[lane] if not doc_start[lane, 0] else np.zeros(0, np.int64)
+      history = np.concatenate([history, tokens[lane]])
+      offset = len(history) - length
+      for t in range(length):
+        logits[lane, t, ord('x')] = 1.0                      # default: not a digit
+        seen = history[:offset + t + 1]
+        text = bytes(seen.astype(np.uint8))
+        first = text.find(recall.PREFIX)
+        last = text.rfind(recall.PREFIX)
+        if first < 0 or last == first:
+          continue
+        typed = len(text) - (last + len(prefix))             # digits of the question so far
+        if 0 <= typed < 5 and (len(text) - first) <= reach_tokens:
+          logits[lane, t, seen[first + len(prefix) + typed]] = 2.0
+      new_memory.append(history)
+    return logits, new_memory
+
+  return apply_fn, init_memory
+
+
+def test_score_counts_only_what_the_model_can_see():
+  pool = _pool()
+  examples = recall.examples('test', pool, examples_per_distance=2)
+  examples = [e for e in examples if e.distance <= 4]
+  reach = int(2.5 * recall.WINDOW)       # sees k = 1, 2 windows back, not 4
+  apply_fn, init_memory = _oracle(reach)
+  scores = recall_score.score(apply_fn, init_memory, examples, window_length=recall.WINDOW,
+                              segment_length=2 * recall.WINDOW, batch_size=3,
+                              example_window=recall.WINDOW)
+  assert sorted(scores) == [1, 2, 4]
+  assert scores[1].digit_accuracy == scores[2].digit_accuracy == 1.0
+  assert scores[1].key_accuracy == 1.0 and scores[1].examples == 2
+  assert scores[4].digit_accuracy == 0.0 and scores[4].per_digit_accuracy == [0.0] * 5
+
+
+def test_score_checks_the_window():
+  apply_fn, init_memory = _oracle(10)
+  with pytest.raises(ValueError, match='window'):
+    recall_score.score(apply_fn, init_memory, [], window_length=32, segment_length=64,
+                       batch_size=1, example_window=64)
+
+
+def test_recall_task_is_registered(tmp_path):
+  from melodi_jax.data import make_lanes
+  books = tmp_path / 'books'
+  rows = ['file\tbytes\tmd5\tsplit']
+  for split in ('train', 'validation', 'test'):
+    data = b' '.join(np.random.default_rng(len(split)).choice(WORDS.split(), 3000))
+    (books / split).mkdir(parents=True)
+    (books / split / 'a.txt').write_bytes(data)
+    rows.append(f'{split}/a.txt\t{len(data)}\t{hashlib.md5(data).hexdigest()}\t{split}')
+  (books / 'manifest.tsv').write_text('\n'.join(rows) + '\n')
+  stream = make_lanes('recall_bytes', 'test', batch_size=2, segment_length=128,
+                      window_length=64, train=False, data_dir=str(tmp_path))
+  batch = next(stream)
+  assert batch['inputs'].shape == (2, 128) and batch['doc_start'][:, 0].all()
+  text = bytes(batch['inputs'][0].astype(np.uint8))
+  assert recall.PREFIX in text
