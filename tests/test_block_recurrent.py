@@ -6,9 +6,7 @@ import numpy as np
 import pytest
 
 import zoo
-from melodi_jax import models
 from melodi_jax.memory import recurrent
-from melodi_jax.models.config import ConfigError
 
 BATCH = 2
 LAYER = 'layer_00'  # third from the top of the tiny 3-layer stack
@@ -67,5 +65,4 @@ def test_closed_gates_keep_the_state_across_a_window_and_document_start_uses_lea
     ('BlockRecurrentStack.num_states = 0', 'num_states'),
 ])
 def test_impossible_configs_fail_at_build_time(binding, needle):
-  with pytest.raises(ConfigError, match=needle):
-    models.build(['models/block_recurrent.gin', zoo.TINY], [binding])
+  zoo.assert_config_error('block_recurrent', binding, needle)

@@ -88,8 +88,7 @@ def test_memory_shapes_follow_the_config():
     ('ModelConfig.window_length = 0', 'window_length'),
 ])
 def test_impossible_configs_fail_at_build_time(binding, needle):
-  with pytest.raises(ConfigError, match=needle):
-    models.build(['models/melodi.gin', zoo.TINY], [binding])
+  zoo.assert_config_error('melodi', binding, needle)
 
 
 def test_window_must_divide_the_segment():

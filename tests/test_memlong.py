@@ -7,10 +7,8 @@ import optax
 import pytest
 
 import zoo
-from melodi_jax import models
 from melodi_jax.memory import retrieval
 from melodi_jax.models import freezing
-from melodi_jax.models.config import ConfigError
 
 BATCH, CHUNKS, DIM = 2, 6, 16
 
@@ -92,5 +90,4 @@ def test_frozen_lower_layers_stay_bit_identical_after_a_step():
     ('MemLongStack.retrieval_layers = (0,)', 'must all be above'),
 ])
 def test_impossible_configs_fail_at_build_time(binding, needle):
-  with pytest.raises(ConfigError, match=needle):
-    models.build(['models/memlong.gin', zoo.TINY], list(zoo.CONFIGS['memlong'][1]) + [binding])
+  zoo.assert_config_error('memlong', binding, needle)

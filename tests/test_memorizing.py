@@ -8,9 +8,7 @@ import numpy as np
 import pytest
 
 import zoo
-from melodi_jax import models
 from melodi_jax.layers.attention import dot_product_attention, masked_top_k
-from melodi_jax.models.config import ConfigError
 
 BATCH = 2
 LAYER = 'layer_01'  # zoo.MEMORIZING puts the memory in layer 1
@@ -122,5 +120,4 @@ def test_paper_config_footprint():
     ('MemorizingStack.memory_layer = -9', 'memory_layer = -9 is outside'),
 ])
 def test_impossible_configs_fail_at_build_time(binding, needle):
-  with pytest.raises(ConfigError, match=needle):
-    models.build(['models/memorizing.gin', zoo.TINY], zoo.MEMORIZING + [binding])
+  zoo.assert_config_error('memorizing', binding, needle)

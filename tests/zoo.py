@@ -87,3 +87,11 @@ def floats_per_lane(gin_file: str) -> int:
   memory = jax.eval_shape(lambda: model.init_memory(2))
   return sum(leaf.size for leaf in jax.tree_util.tree_leaves(memory)
              if jnp.issubdtype(leaf.dtype, jnp.floating)) // 2
+
+
+def assert_config_error(name: str, binding: str, needle: str) -> None:
+  """Building config `name` with one more gin binding fails at build time, naming `needle`."""
+  import pytest
+  files, bindings = CONFIGS[name]
+  with pytest.raises(models.ConfigError, match=needle):
+    models.build(files, list(bindings) + [binding])
