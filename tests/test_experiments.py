@@ -3,6 +3,7 @@ import json
 import os
 
 import numpy as np
+import pytest
 
 from melodi_jax.experiments import evaluate_run, memory_usage, report
 
@@ -131,3 +132,14 @@ def test_memory_mass_interceptor_on_a_tiny_transformer_xl():
   assert len(means) == model.config.num_layers
   # Window 0 has an empty cache (mass 0); window 1 puts some of its mass on the cache.
   assert all(0.0 < m < 0.5 for m in means.values())
+
+
+def test_eval_items_take_an_optional_per_split_cap():
+  from melodi_jax.train import cli
+  assert evaluate_run._parse_eval('books_bytes:test', None) == ('books_bytes', 'test', None)
+  assert evaluate_run._parse_eval('math_bytes:test:96', None) == ('math_bytes', 'test', 96)
+  assert evaluate_run._parse_eval('math_bytes:test:96', 2) == ('math_bytes', 'test', 2)
+  assert evaluate_run._parse_eval('books_bytes:test', 5) == ('books_bytes', 'test', 5)
+  for bad in ('books_bytes', 'books_bytes:', ':test', 'math_bytes:test:0', 'a:b:c', 'a:b:3:4'):
+    with pytest.raises(cli.UserError, match='not task:split'):
+      evaluate_run._parse_eval(bad, None)

@@ -3,6 +3,7 @@
 #   MODELS="a b"    only these rows (default: every row of the experiment)
 #   RUNS_ROOT=DIR   where run folders go (default: workdirs/experiments)
 #   EVAL_MAX_BATCHES=N  cap every final eval at N batches (default: whole splits; the table says so)
+#   CROSS_DOMAIN_MAX_BATCHES=N  compare_small: cap of the math/code test evals (default 96; '' = whole)
 #   PYTHON=path     the interpreter (default: .venv/bin/python, else python3)
 set -euo pipefail
 repo_root="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -17,7 +18,7 @@ fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # The command as typed (with the variables that change what runs), for the report.
-COMMAND_LINE="$(for v in SMOKE MODELS EVAL_MAX_BATCHES RUNS_ROOT MELODI_DATA_DIR; do
+COMMAND_LINE="$(for v in SMOKE MODELS EVAL_MAX_BATCHES CROSS_DOMAIN_MAX_BATCHES RUNS_ROOT MELODI_DATA_DIR; do
   if [ -n "${!v:-}" ]; then printf '%s=%q ' "$v" "${!v}"; fi; done; printf 'bash %s' "$0"
   if [ $# -gt 0 ]; then printf ' %q' "$@"; fi)"
 SMOKE="${SMOKE:-0}"

@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Issue 7, part 1-2: every model of the small comparison trained on books (bytes) with the same
 # size, tokens, optimizer and seed (configs/experiments/compare_small/*.gin), evaluated on whole
-# books validation/test, math test and code test, then results/compare_small.md and its plots.
+# books validation/test and on the first CROSS_DOMAIN_MAX_BATCHES batches (default 96 = 393k bytes;
+# empty = whole splits, ~4x longer) of the math and code test splits, then results/compare_small.md
+# and its plots.
 # Resumable: a finished run or eval is skipped, an interrupted run resumes from its checkpoint.
 #   bash launch/experiments/compare_small.sh            # everything (hours on a 2-core CPU)
 #   SMOKE=1 bash launch/experiments/compare_small.sh    # a few steps per row, capped evals
@@ -13,7 +15,9 @@ ALL_ROWS=(vanilla transformer_xl block_recurrent memorizing_dense memorizing_top
           melodi_short_only melodi_long_only melodi_no_mix)
 read -r -a ROWS <<< "${MODELS:-${ALL_ROWS[*]}}"
 EXP_DIR="$RUNS_ROOT/compare_small"
-EVALS="books_bytes:validation,books_bytes:test,math_bytes:test,code_bytes:test"
+CROSS_DOMAIN_MAX_BATCHES="${CROSS_DOMAIN_MAX_BATCHES-96}"
+cap="${CROSS_DOMAIN_MAX_BATCHES:+:$CROSS_DOMAIN_MAX_BATCHES}"
+EVALS="books_bytes:validation,books_bytes:test,math_bytes:test$cap,code_bytes:test$cap"
 if [ "$SMOKE" = 1 ]; then OUT_DIR="$RUNS_ROOT/results"; else OUT_DIR="${OUT_DIR:-results}"; fi
 
 log "compare_small: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE, data $MELODI_DATA_DIR)"

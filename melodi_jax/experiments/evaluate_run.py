@@ -7,7 +7,9 @@ pairs with one restore and one compiled eval step; writes the same DIR/eval/<tas
 already exists complete (or capped the same way) is skipped, so reruns only do what is missing.
 
 --max_batches caps every eval (the JSON then says complete: false and how many batches were read);
-the experiment scripts use it only in smoke mode or when EVAL_MAX_BATCHES is set.
+an item `task:split:N` caps that one eval at N batches instead. The experiment scripts cap the
+math and code test splits (CROSS_DOMAIN_MAX_BATCHES) and, in smoke mode or when EVAL_MAX_BATCHES is
+set, every eval.
 """
 from __future__ import annotations
 
@@ -19,7 +21,8 @@ from absl import flags, logging
 from melodi_jax.train import cli
 
 flags.DEFINE_string('workdir', None, 'A training run folder.')
-flags.DEFINE_list('evals', ['books_bytes:validation'], 'task:split pairs to evaluate.')
+flags.DEFINE_list('evals', ['books_bytes:validation'],
+                  'task:split pairs to evaluate; task:split:N caps that eval at N batches.')
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 flags.DEFINE_integer('max_batches', None, 'Cap on batches per eval (default: whole splits).')
 flags.DEFINE_integer('batch_size', None, 'Eval lanes (default: the run\'s eval batch size).')
@@ -33,6 +36,20 @@ def _done(path: str, max_batches: int | None) -> bool:
     result = json.load(f)
   return bool(result.get('complete')) or (max_batches is not None and
                                           result.get('batches') == max_batches)
+
+
+def _parse_eval(item: str, max_batches: int | None) -> tuple[str, str, int | None]:
+  """'task:split' or 'task:split:N' -> (task, split, cap); the smaller cap wins."""
+  parts = item.split(':')
+  cap = max_batches
+  if len(parts) == 3 and parts[2].isdigit() and int(parts[2]) > 0:
+    cap = int(parts[2]) if cap is None else min(cap, int(parts[2]))
+  elif len(parts) != 2:
+    parts = []
+  if len(parts) < 2 or not parts[0] or not parts[1]:
+    raise cli.UserError(f'--evals item {item!r} is not task:split or task:split:N '
+                        '(e.g. books_bytes:test or math_bytes:test:96)')
+  return parts[0], parts[1], cap
 
 
 def write_model_stats(workdir: str, model, params) -> dict:
@@ -51,12 +68,7 @@ def main(argv):
     raise cli.UserError(f'unexpected arguments {argv[1:]}; every option is a --flag')
   if not FLAGS.workdir:
     raise cli.UserError('--workdir is required: pass the folder of a training run')
-  pairs = []
-  for item in FLAGS.evals:
-    task, _, split = item.partition(':')
-    if not task or not split:
-      raise cli.UserError(f'--evals item {item!r} is not task:split (e.g. books_bytes:test)')
-    pairs.append((task, split))
+  pairs = [_parse_eval(item, FLAGS.max_batches) for item in FLAGS.evals]
   from melodi_jax.experiments import runs  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import evaluator, inputs  # pylint: disable=g-import-not-at-top
 
@@ -64,18 +76,17 @@ def main(argv):
   write_model_stats(run.workdir, run.model, run.params)
   batch = FLAGS.batch_size or run.train_config.eval_batch
   runner = None
-  for task, split in pairs:
+  for task, split, cap in pairs:
     path = os.path.join(run.workdir, 'eval', f'{task}_{split}_{run.step}.json')
-    if _done(path, FLAGS.max_batches):
+    if _done(path, cap):
       logging.info('%s exists: skipped', path)
       continue
     spec = inputs.StreamSpec(task=task, split=split, batch_size=batch,
                              segment_length=run.train_config.segment_length,
                              window_length=run.model.window_length, train=False)
     if runner is None:  # one compiled eval step serves every task: the shapes are the same
-      runner = evaluator.Evaluator(run.model, run.mesh, run.params_sharding, spec,
-                                   max_batches=FLAGS.max_batches)
-    runner.spec = spec
+      runner = evaluator.Evaluator(run.model, run.mesh, run.params_sharding, spec)
+    runner.spec, runner.max_batches = spec, cap
     result = runner.run(run.params, run.step, stream=inputs.open_stream(spec, None,
                                                                         run.model.vocab_size))
     evaluator.write_result(run.workdir, result)

@@ -369,7 +369,9 @@ def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str
   if capped:
     caps = ', '.join(sorted(set(capped)))
     text += [f'\\* capped evaluation: only the first {caps} of the split were read '
-             '(EVAL_MAX_BATCHES or SMOKE=1), not the whole split.', '']
+             '(CROSS_DOMAIN_MAX_BATCHES for math/code; EVAL_MAX_BATCHES or SMOKE=1 for every '
+             'split), not the whole split. Lanes read the longest documents first, so a capped '
+             'eval covers the openings of the longest documents.', '']
   if missing:
     text += [f'Not run yet: {", ".join(missing)}.', '']
   usage = memory_usage_table(summaries)
