@@ -11,6 +11,10 @@ import jax.numpy as jnp
 
 from melodi_jax.layers.attention import Attention, KeyGroup
 
+# Leaves of the state that every window shifts by I slots, appending its new ones last
+# (models/recompute.py rebuilds them from the slots gained instead of saving them per window).
+FIFO_LEAVES = ('keys', 'values')
+
 
 def initial_state(batch_size: int, slots: int, num_heads: int, head_dim: int,
                   dtype: jnp.dtype) -> dict:

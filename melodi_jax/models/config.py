@@ -51,7 +51,7 @@ class ModelConfig:
   tie_embeddings: bool = False      # logits use the token embedding table
   dtype: str = 'bfloat16'           # compute dtype; parameters stay float32
   memory_dtype: str = 'float32'     # dtype of the carried memory pytree
-  remat: bool = False               # rematerialise each window in the backward pass
+  remat: bool = False               # recompute windows in the backward pass (models/recompute.py)
   stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin
 
   @property

@@ -12,7 +12,7 @@ import jax.numpy as jnp
 from melodi_jax.layers import axes
 from melodi_jax.layers.attention import WindowCache
 from melodi_jax.layers.norms import RMSNorm
-from melodi_jax.models import state
+from melodi_jax.models import recompute, state
 from melodi_jax.models.config import ModelConfig
 from melodi_jax.models.melodi_layer import SUMMARIES
 
@@ -113,14 +113,14 @@ class DecoderLM(nn.Module):
                                                    cache)
     else:
       x = x.reshape(batch, num_windows, window, config.model_dim).swapaxes(0, 1)  # [N, B, W, d]
-      body = WindowStack
-      if config.remat:
-        body = nn.remat(body, prevent_cse=False)
-      scan = nn.scan(body, variable_broadcast='params',
-                     split_rngs={'params': False, 'dropout': True},
-                     in_axes=0, out_axes=0, length=num_windows)
-      memory, y = scan(config, deterministic=not train, name='stack')(
-          memory, (x, jnp.asarray(doc_start, bool).T))
+      windows = (x, jnp.asarray(doc_start, bool).T)
+      if config.remat and not self.is_initializing():
+        memory, y = self._recomputing_scan(memory, windows, train)
+      else:  # (initialization always takes this path: it creates the 'stack' parameters)
+        scan = nn.scan(WindowStack, variable_broadcast='params',
+                       split_rngs={'params': False, 'dropout': True},
+                       in_axes=0, out_axes=0, length=num_windows)
+        memory, y = scan(config, deterministic=not train, name='stack')(memory, windows)
       y = y.swapaxes(0, 1).reshape(batch, length, config.model_dim)
     y = RMSNorm(dtype=config.compute_dtype, name='final_norm')(y)
     if config.tie_embeddings:
@@ -131,3 +131,24 @@ class DecoderLM(nn.Module):
                             nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
                             (axes.EMBED, axes.VOCAB)))(y)
     return logits.astype(jnp.float32), (memory if cache is None else cache)
+
+  def _recomputing_scan(self, memory: dict, windows: tuple, train: bool) -> tuple[dict, jax.Array]:
+    """ModelConfig.remat: the scan of the 'stack' parameters over windows, each window's forward
+    recomputed in the backward pass and the long-term FIFOs rebuilt from the slots they gained
+    (models/recompute.py), so what the backward pass keeps per window is small."""
+    config = self.config
+    num_windows = windows[0].shape[0]
+    keys = None
+    if train:  # (layers draw dropout keys whenever train=True)
+      keys = jax.random.split(self.make_rng('dropout'), num_windows)
+      if jnp.issubdtype(keys.dtype, jax.dtypes.prng_key):
+        keys = jax.random.key_data(keys)
+
+    def one_window(params, carry, inputs):
+      window, key = inputs
+      rngs = {} if key is None else {'dropout': key}
+      return WindowStack(config, deterministic=not train).apply({'params': params}, carry, window,
+                                                                rngs=rngs)
+
+    return recompute.window_scan(one_window, self.variables['params']['stack'], memory,
+                                 (windows, keys), state.fifo_increments(config, memory))

@@ -32,6 +32,12 @@ class MelodiLayerOptions:
   def module(self, config: ModelConfig, name: str) -> nn.Module:
     return MelodiLayer(config, self, name=name)
 
+  def fifo_increments(self) -> dict:
+    """{part: {leaf: I}} for the memory leaves that shift by I slots per window."""
+    if not self.long_term_slots:
+      return {}
+    return {'long_term': {leaf: self.long_term_increment for leaf in long_term.FIFO_LEAVES}}
+
   def initial_memory(self, config: ModelConfig, batch_size: int) -> dict:
     memory = {}
     if self.short_term_slots:

@@ -29,6 +29,22 @@ def initial_cache(config: ModelConfig, batch_size: int) -> dict:
   return cache
 
 
+def fifo_increments(config: ModelConfig, memory: dict) -> tuple[int, ...]:
+  """One int per leaf of `memory` (jax.tree.leaves order): I for the leaves a layer declares as
+  FIFOs appending I slots per window (its options' `fifo_increments()`), else 0."""
+  declared = {layer_name(i): getattr(options, 'fifo_increments', dict)()
+              for i, options in enumerate(config.layer_options())}
+
+  def increment(path, _):
+    names = [getattr(entry, 'key', None) for entry in path]
+    found = declared
+    for name in names:
+      found = found.get(name, 0) if isinstance(found, dict) else 0
+    return found if isinstance(found, int) else 0
+
+  return tuple(jax.tree.leaves(jax.tree_util.tree_map_with_path(increment, memory)))
+
+
 def reset(memory: dict, initial: dict, doc_start: jax.Array) -> dict:
   """Lanes with doc_start (bool[B]) get the initial memory; the other lanes keep theirs."""
   def choose(current, fresh):
