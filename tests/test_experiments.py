@@ -132,6 +132,12 @@ def test_memory_mass_interceptor_on_a_tiny_transformer_xl():
   assert len(means) == model.config.num_layers
   # Window 0 has an empty cache (mass 0); window 1 puts some of its mass on the cache.
   assert all(0.0 < m < 0.5 for m in means.values())
+  # Uniform reference: in window 1 the query at slot i may see W - i cache keys of W + 1 keys
+  # (itself and the W tokens before it); window 0 has none.
+  window = model.window_length
+  expected_uniform = np.mean([(window - i) / (window + 1) for i in range(window)]) / 2
+  for uniform in recorder.uniform_means().values():
+    assert uniform == pytest.approx(expected_uniform, rel=1e-5)
 
 
 def test_eval_items_take_an_optional_per_split_cap():

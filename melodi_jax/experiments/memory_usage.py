@@ -11,7 +11,10 @@ Two measurements, per layer:
   evaluation protocol), the fraction of each layer's self-attention softmax mass that falls on
   memory keys (everything other than the window's own tokens: MELODI's short-term memory, the
   Transformer-XL cache, retrieved chunks), averaged over lanes, heads and queries. Windows right
-  after a document start have empty memory and count with mass 0, as they are.
+  after a document start have empty memory and count with mass 0, as they are. Beside it, the
+  mass memory keys would get if every query spread its attention evenly over the keys it may
+  see (`uniform_mass_on_memory`): a measured mass near that reference means the attention has
+  not learned to prefer (or avoid) memory.
 The attention is recomputed by intercepting `Attention.__call__` (nothing in the model changes);
 the numbers reach the host through `jax.debug.callback`.
 """
@@ -44,15 +47,22 @@ class MassRecorder:
   def __init__(self):
     self._lock = threading.Lock()
     self.sums = collections.defaultdict(float)
+    self.uniform_sums = collections.defaultdict(float)
     self.counts = collections.defaultdict(float)
 
-  def add(self, name: str, mass_sum, count):
+  def add(self, name: str, mass_sum, count, uniform_sum=0.0):
     with self._lock:
       self.sums[name] += float(mass_sum)
+      self.uniform_sums[name] += float(uniform_sum)
       self.counts[name] += float(count)
 
   def means(self) -> dict[str, float]:
     return {name: self.sums[name] / self.counts[name] for name in sorted(self.sums)
+            if self.counts[name]}
+
+  def uniform_means(self) -> dict[str, float]:
+    """The same mean under uniform attention over each query's allowed keys."""
+    return {name: self.uniform_sums[name] / self.counts[name] for name in sorted(self.sums)
             if self.counts[name]}
 
 
@@ -91,9 +101,13 @@ def memory_mass_interceptor(recorder: MassRecorder):
       probs = jax.nn.softmax(logits, axis=-1) * mask
       memory_keys = sum(g.keys.shape[1] for g in groups)
       mass = jnp.sum(probs[..., :memory_keys])
+      allowed = jnp.broadcast_to(mask, probs.shape).astype(jnp.float32)
+      uniform = allowed / jnp.maximum(jnp.sum(allowed, axis=-1, keepdims=True), 1.0)
+      uniform_mass = jnp.sum(uniform[..., :memory_keys])
       count = jnp.asarray(probs.shape[0] * probs.shape[1] * probs.shape[2], jnp.float32)
       name = '/'.join(module.scope.path)
-      jax.debug.callback(lambda m, c, name=name: recorder.add(name, m, c), mass, count)
+      jax.debug.callback(lambda m, c, u, name=name: recorder.add(name, m, c, u), mass, count,
+                         uniform_mass)
     return next_fun(*args, **kwargs)
 
   return interceptor
@@ -129,7 +143,8 @@ def measure(workdir: str, task: str | None, split: str, batches: int) -> dict:
   jax.effects_barrier()
   return {'workdir': run.workdir, 'step': run.step, 'task': spec.name, 'split': split,
           'batches': read, 'gates': gate_values(run.params),
-          'attention_mass_on_memory': recorder.means()}
+          'attention_mass_on_memory': recorder.means(),
+          'uniform_mass_on_memory': recorder.uniform_means()}
 
 
 def main(argv: Sequence[str]) -> None:
@@ -152,9 +167,10 @@ def main(argv: Sequence[str]) -> None:
           f'{gate["max"]:.3f}')
   if not result['gates']:
     print('  (no gated memory in this model)')
-  print('self-attention mass on memory keys (short-term memory / XL cache / retrieved chunks)')
+  print('self-attention mass on memory keys (short-term memory / XL cache / retrieved chunks), '
+        'and under uniform attention')
   for name, mass in result['attention_mass_on_memory'].items():
-    print(f'  {name:40s} {mass:.3f}')
+    print(f'  {name:40s} {mass:.3f}  (uniform {result["uniform_mass_on_memory"][name]:.3f})')
   if not result['attention_mass_on_memory']:
     print('  (no memory keys in any self-attention)')
 

@@ -292,12 +292,14 @@ def memory_usage_table(rows: Sequence[RunSummary]) -> list[str]:
       usages.append((row, _read_json(path)))
   if not usages:
     return []
-  lines = ['| model | gated memory weight 1 - g | self-attention mass on memory, by layer |',
-           '|---|---|---|']
+  lines = ['| model | gated memory weight 1 - g | self-attention mass on memory, by layer '
+           '(under uniform attention) |', '|---|---|---|']
   for row, usage in usages:
     gates = '; '.join(f'{name.split("/")[-1]} {g["memory_weight"]:.3f}'
                       for name, g in usage.get('gates', {}).items()) or '—'
+    uniform = usage.get('uniform_mass_on_memory', {})
     masses = '; '.join(f'{name.split("/")[-2] if name.count("/") else name} {m:.3f}'
+                       + (f' ({uniform[name]:.3f})' if name in uniform else '')
                        for name, m in usage.get('attention_mass_on_memory', {}).items()) or '—'
     lines.append(f'| {LABELS.get(row.name, row.name)} | {gates} | {masses} |')
   return lines
