@@ -3,6 +3,8 @@
   python -m melodi_jax.bench --gin_file=models/melodi.gin --gin_file=bench/cpu.gin [--json]
       [--steps=20] [--batch_size=B] [--segment_length=T] [--sweep_windows=4,8,16,32,64]
 
+With --sweep_windows, --steps=0 only compiles: compile time and XLA's memory figures per N.
+
 First measures the machine's dense-matmul roofline at the model's compute dtype (a large
 `jnp.dot`), then builds the model and a train step (next-token loss, optax, jit with donation)
 and an eval step, compiles them, runs warm-up steps and times `--steps` more, each to completion.
@@ -32,7 +34,8 @@ from melodi_jax.bench_lib import cli, flops, profile
 from melodi_jax.bench_lib.steps import BenchConfig, make_optimizer, make_steps
 
 cli.define_common_flags()
-flags.DEFINE_integer('steps', 20, 'timed steps after warm-up (the median is reported)')
+flags.DEFINE_integer('steps', 20, 'timed steps after warm-up (the median is reported); 0 with '
+                     '--sweep_windows: compile only')
 flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
 flags.DEFINE_integer('batch_size', None, 'lanes B (default: BenchConfig.batch_size)')
 flags.DEFINE_integer('segment_length', None, 'tokens T per lane (default: BenchConfig.'
@@ -154,6 +157,12 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
                                       doc_start, rng)
   forward_flops = flops.matmul_flops(steps_fns.eval_fn, params, memory, tokens, doc_start)
   train_flops = 3 * forward_flops
+  if not steps:  # compile only (sweeps of compile time and activation memory)
+    return {'segment_length': segment_length, 'num_windows': num_windows,
+            'train': {'compile_s': compile_s, 'compile_cpu_s': compile_cpu_s, 'lower_s': lower_s,
+                      'matmul_flops': train_flops, 'executed_flops': executed_flops,
+                      'compiled_memory': _compiled_memory(compiled)},
+            'peak_rss_bytes': _peak_rss_bytes()}
   keys = iter(jax.random.split(jax.random.PRNGKey(1), warmup + steps))
 
   def train_once(state):
@@ -228,9 +237,10 @@ def sweep(model: models.DecoderLM, batch_size: int, windows: Sequence[int], **kw
     r = run_benchmark(model, batch_size, n * model.window_length, with_eval=False, **kwargs)
     rows.append({'num_windows': n, 'segment_length': r['segment_length'],
                  'compile_s': r['train']['compile_s'],
-                 'compile_cpu_s': r['train']['compile_cpu_s'], 'median_s': r['train']['median_s'],
-                 'us_per_token': r['train']['us_per_token'],
-                 'cpu_median_s': r['train']['cpu_median_s'],
+                 'compile_cpu_s': r['train']['compile_cpu_s'],
+                 'median_s': r['train'].get('median_s'),
+                 'us_per_token': r['train'].get('us_per_token'),
+                 'cpu_median_s': r['train'].get('cpu_median_s'),
                  'roofline_fraction': r['train'].get('roofline_fraction'),
                  'cpu_roofline_fraction': r['train'].get('cpu_roofline_fraction'),
                  'temp_bytes': r['train']['compiled_memory'].get('temp_size_in_bytes'),
@@ -288,10 +298,12 @@ def _format_sweep(rows: list, name: str) -> str:
   lines = [f'{name}: train step against the number of windows',
            f'{"N":>4} {"T":>7} {"compile s":>10} {"step ms":>9} {"us/token":>9} {"temp MiB":>9} '
            f'{"roofline":>9} {"per CPU-s":>9}']
+  nan = float('nan')
   for r in rows:
-    temp = r['temp_bytes'] / 2**20 if r['temp_bytes'] is not None else float('nan')
+    temp = r['temp_bytes'] / 2**20 if r['temp_bytes'] is not None else nan
+    step_ms = 1e3 * r['median_s'] if r['median_s'] is not None else nan
     lines.append(f'{r["num_windows"]:>4} {r["segment_length"]:>7} {r["compile_s"]:>10.2f} '
-                 f'{1e3 * r["median_s"]:>9.1f} {r["us_per_token"]:>9.2f} {temp:>9.1f} '
+                 f'{step_ms:>9.1f} {r["us_per_token"] or nan:>9.2f} {temp:>9.1f} '
                  f'{100 * (r["roofline_fraction"] or 0):>8.0f}% '
                  f'{100 * (r["cpu_roofline_fraction"] or 0):>8.0f}%')
   return '\n'.join(lines)
@@ -304,8 +316,9 @@ def main(argv: Sequence[str]) -> None:
   if not FLAGS.gin_file:
     raise cli.UsageError('--gin_file: give a model config, e.g. --gin_file=models/melodi.gin '
                          '--gin_file=bench/cpu.gin')
-  if FLAGS.steps < 1 or FLAGS.warmup < 0:
-    raise cli.UsageError('--steps must be >= 1 and --warmup >= 0')
+  if FLAGS.steps < 0 or FLAGS.warmup < 0 or (FLAGS.steps == 0 and not FLAGS.sweep_windows):
+    raise cli.UsageError('--steps must be >= 1 (or 0 with --sweep_windows: compile only) and '
+                         '--warmup >= 0')
   try:
     windows = [int(n) for n in FLAGS.sweep_windows]
   except ValueError as e:

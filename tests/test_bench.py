@@ -36,6 +36,16 @@ def test_smoke_three_steps():
   assert result['peak_rss_bytes'] > 0
 
 
+def test_compile_only_sweep():
+  proc = _run(*SMALLEST, '--sweep_windows=2,4', '--steps=0', '--batch_size=2',
+              '--roofline_size=128', '--json')
+  assert proc.returncode == 0, proc.stderr[-2000:]
+  rows = json.loads(proc.stdout)['sweep']
+  assert [r['num_windows'] for r in rows] == [2, 4]
+  for r in rows:
+    assert r['compile_s'] > 0 and r['temp_bytes'] > 0 and r['median_s'] is None
+
+
 def test_flops_count_every_scan_iteration():
   import jax
   import jax.numpy as jnp
