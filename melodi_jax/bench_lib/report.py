@@ -36,13 +36,15 @@ def sweep_table(result: dict) -> str:
   lines = ['| N windows | T | compile s (wall / CPU) | step s | us/token | CPU-s/token (us) | '
            'roofline wall / CPU-s | temp MiB |',
            '|---|---|---|---|---|---|---|---|']
+  nan = float('nan')
   for r in result['sweep']:
     temp = r.get('temp_bytes')
     cpu_token = (1e6 * r['cpu_median_s'] * r['us_per_token'] / (1e6 * r['median_s'])
-                 if r.get('cpu_median_s') else float('nan'))
+                 if r.get('cpu_median_s') else nan)   # (steps=0 sweeps: compile only)
+    step_s = r['median_s'] if r.get('median_s') is not None else nan
     lines.append(f'| {r["num_windows"]} | {r["segment_length"]} | {r["compile_s"]:.1f} / '
-                 f'{r.get("compile_cpu_s", float("nan")):.1f} | '
-                 f'{r["median_s"]:.2f} | {r["us_per_token"]:.0f} | {cpu_token:.0f} | '
+                 f'{r.get("compile_cpu_s", nan):.1f} | '
+                 f'{step_s:.2f} | {r.get("us_per_token") or nan:.0f} | {cpu_token:.0f} | '
                  f'{_pct(r.get("roofline_fraction"))} / {_pct(r.get("cpu_roofline_fraction"))} | '
                  f'{(temp or 0) / 2**20:.0f} |')
   return '\n'.join(lines)
