@@ -38,6 +38,13 @@ LABELS = {
 PAPER_ORDER = ('melodi', 'memorizing_dense', 'block_recurrent', 'transformer_xl')
 
 
+def _style(name: str) -> dict:
+  """The same color (and marker) for a model in every plot: its place in LABELS."""
+  names = list(LABELS)
+  index = names.index(name) if name in names else len(names)
+  return {'color': f'C{index % 10}', 'marker': 'osD^v<>ph*'[index % 10]}
+
+
 # ------------------------------------------------------------------------------------------
 # Reading a run folder
 
@@ -244,7 +251,8 @@ def plot_curves(rows: Sequence[RunSummary], path: str, title: str) -> bool:
   for row in rows:
     if row.curve:
       steps, values = zip(*row.curve)
-      ax.plot(steps, values, marker='.', label=LABELS.get(row.name, row.name))
+      ax.plot(steps, values, markersize=4, label=LABELS.get(row.name, row.name),
+              **_style(row.name))
       drawn = True
   ax.set_xlabel('training step')
   ax.set_ylabel('bits/byte (books validation, first batches)')
@@ -266,17 +274,21 @@ def plot_tradeoff(rows: Sequence[RunSummary], path: str, task: str, split: str) 
   drawn = False
   for row in rows:
     value = _bpb(row, task, split)
-    if value is None or not row.memory_floats:
+    if value is None:
       continue
-    ax.scatter(row.memory_floats, value)
-    ax.annotate(LABELS.get(row.name, row.name), (row.memory_floats, value), fontsize=8,
-                xytext=(4, 4), textcoords='offset points')
+    label = f'{LABELS.get(row.name, row.name)} ({value:.3f})'
+    if not row.memory_floats:  # no memory: a reference line, it has no place on a log axis
+      ax.axhline(value, linestyle='--', linewidth=1, label=label, color=_style(row.name)['color'])
+      continue
+    ax.scatter(row.memory_floats, value, s=40, label=label, **_style(row.name))
     drawn = True
   ax.set_xscale('log')
   ax.set_xlabel('memory kept between windows (floats per lane, log scale)')
   ax.set_ylabel(f'bits/byte ({task.split("_")[0]} {split})')
   ax.set_title('Quality vs memory footprint (lower left is better)')
   ax.grid(alpha=0.3)
+  if drawn:
+    ax.legend(fontsize=8)
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -430,8 +442,8 @@ def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 
   for row in summaries:
     by_distance = results[row.name]['by_distance']
     ks = [k for k in distances if str(k) in by_distance]
-    ax.plot(ks, [by_distance[str(k)]['digit_accuracy'] for k in ks], marker='o',
-            label=LABELS.get(row.name, row.name))
+    ax.plot(ks, [by_distance[str(k)]['digit_accuracy'] for k in ks],
+            label=LABELS.get(row.name, row.name), **_style(row.name))
   ax.axhline(0.1, color='gray', linestyle=':', label='chance (1 in 10 digits)')
   ax.set_xscale('log', base=2)
   ax.set_xlabel('distance k between key and question (windows)')
