@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 from typing import Any, Callable, Sequence
 
@@ -101,19 +100,19 @@ def reach_note(model_config) -> str:
   stack = model_config.stack
   kind = type(stack).__name__
   window, layers = model_config.window_length, model_config.num_layers
-  xl_reach = layers * (window - 1)
-  xl = (f'each layer attends to the {window - 1} tokens before a token, so {layers} layers reach '
-        f'at most {xl_reach} tokens = {xl_reach / window:.2f} windows back')
+  xl_reach = layers * window   # memory/xl_cache.py: span W + 1, the W tokens before and itself
+  xl = (f'each layer attends to the {window} tokens before a token, so {layers} layers reach '
+        f'at most {xl_reach} tokens = {xl_reach / window:g} windows back')
   if kind == 'TransformerXLStack':
-    return f'Transformer-XL: {xl}; every k >= {math.ceil(xl_reach / window)} is out of reach.'
+    return f'{xl}; every k > {xl_reach // window} is out of reach.'
   if kind == 'MemorizingStack':
-    return (f'Memorizing: {xl}, plus {stack.memory_slots} past keys/values in layer '
+    return (f'{xl}, plus {stack.memory_slots} past keys/values in layer '
             f'{stack.memory_layer} = the last {stack.memory_slots // window} windows.')
   if kind == 'MelodiStack':
     long = (f'a long-term FIFO of {stack.long_term_slots} slots ({stack.long_term_increment} per '
             f'window) = the last {stack.long_term_slots // max(stack.long_term_increment, 1)} '
             f'windows' if stack.long_term_layers else 'no long-term layer')
-    return (f'MELODI: short-term memory of {stack.short_term_slots} tokens per layer carried '
+    return (f'short-term memory of {stack.short_term_slots} tokens per layer carried '
             f'window to window (compressive, no fixed horizon), {long}.')
   return f'{kind}: see its config.'
 
