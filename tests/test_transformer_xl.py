@@ -43,3 +43,21 @@ def test_each_token_sees_exactly_the_w_tokens_before_it():
 def test_paper_config_footprint():
   """Floats kept per lane, counted from the memory pytree: the paper's 13.6M (DESIGN §6)."""
   assert zoo.floats_per_lane('paper/transformer_xl.gin') == 13 * 512 * 2 * 1024
+
+
+def test_with_an_empty_cache_it_is_the_windowed_model():
+  """Same parameter tree as vanilla, and with every window a document start (empty cache) the
+  same logits: the cache's keys are the only thing Transformer-XL adds."""
+  txl, vanilla = zoo.build('transformer_xl'), zoo.build('vanilla')
+  params = zoo.params('vanilla')
+  assert jax.tree.structure(params) == jax.tree.structure(zoo.params('transformer_xl'))
+  tokens = zoo.random_tokens(2, WINDOWS * txl.window_length, seed=2)
+  every_window = jnp.ones((2, WINDOWS), bool)
+  got, _ = zoo.jitted_apply(txl)(params, tokens, txl.init_memory(2), every_window)
+  want, _ = zoo.jitted_apply(vanilla)(params, tokens, vanilla.init_memory(2), every_window)
+  np.testing.assert_array_equal(got, want)
+  # With the cache filled (no document start after window 0) the outputs differ.
+  first_only = zoo.doc_starts(2, WINDOWS)
+  got, _ = zoo.jitted_apply(txl)(params, tokens, txl.init_memory(2), first_only)
+  want, _ = zoo.jitted_apply(vanilla)(params, tokens, vanilla.init_memory(2), first_only)
+  assert not np.allclose(got[:, txl.window_length:], want[:, txl.window_length:])
