@@ -2,7 +2,10 @@
 
 Window-major order: window k runs the whole stack, then window k+1. One `nn.scan` whose carry is
 the whole memory pytree, so compile time does not grow with the number of windows N and the reset
-at document starts happens in one place.
+at document starts happens in one place. With `ModelConfig.remat` the same `WindowStack` runs in
+`recompute.window_scan` instead (same values and gradients; each window recomputed in the
+backward pass, long-term FIFOs saved once; dropout keys are then split per window here, so with
+dropout on the random masks differ from the `nn.scan` path's).
 """
 
 import flax.linen as nn
