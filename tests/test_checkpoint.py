@@ -10,11 +10,6 @@ from melodi_jax.train import trainer
 import test_train_support as support
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _cache():
-  support.use_compile_cache()
-
-
 @pytest.mark.filterwarnings("ignore::pytest.PytestUnraisableExceptionWarning")  # orbax read errors
 def test_corrupted_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
   first = support.run_training(tmp_path, num_steps=4, checkpoint_every=2)

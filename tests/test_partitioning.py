@@ -11,11 +11,6 @@ from melodi_jax.train.errors import UserError
 import test_train_support as support
 
 
-@pytest.fixture(autouse=True, scope='module')
-def _cache():
-  support.use_compile_cache()
-
-
 def test_make_mesh_fills_the_data_axis_and_rejects_bad_shapes():
   assert jax.device_count() == 8, 'tests/conftest.py must set 8 fake CPU devices'
   mesh = partitioning.make_mesh((-1, 2))

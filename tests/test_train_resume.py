@@ -5,16 +5,9 @@ import signal
 import subprocess
 import time
 
-import pytest
-
 import test_train_support as support
 
 STEPS = 150
-
-
-@pytest.fixture(autouse=True, scope='module')
-def _cache():
-  support.use_compile_cache()
 
 
 def _wait_for_step(path, step, process, timeout=120):
