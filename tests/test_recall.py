@@ -33,6 +33,28 @@ def test_example_layout():
     assert len(example.text) > example.query_position + 5        # the digits are targets
 
 
+def test_train_documents_repeat_the_question_every_k_windows():
+  pool = _pool()
+  rng = np.random.default_rng(2)
+  for k, questions in [(1, 32), (3, 10), (32, 1)]:
+    example = recall.make_example(rng, pool, k, f'x{k}', questions=questions)
+    key = example.key.encode()
+    assert example.text.count(recall.PREFIX) == questions + 1
+    for q in range(questions + 1):        # each occurrence exactly k windows after the one before
+      at = example.key_position + q * k * recall.WINDOW
+      assert example.text[at - len(recall.PREFIX):at + 5] == recall.PREFIX + key
+  with pytest.raises(ValueError, match='questions'):
+    recall.make_example(rng, pool, 2, 'bad', questions=0)
+
+
+def test_train_distances_favour_short_ones_and_cover_every_k():
+  k = recall.train_distances(np.random.default_rng(0), 20000)
+  counts = np.bincount(k, minlength=max(recall.DISTANCES) + 1)[1:]
+  assert counts.min() > 0 and k.min() == 1 and k.max() == max(recall.DISTANCES)
+  assert counts[0] / counts[1] == pytest.approx(2, rel=0.1)          # P(k) ~ 1 / k
+  assert counts[0] / counts[31] == pytest.approx(32, rel=0.3)
+
+
 def test_examples_per_split_are_deterministic():
   pool = _pool()
   test = recall.examples('test', pool, examples_per_distance=3)
@@ -44,6 +66,8 @@ def test_examples_per_split_are_deterministic():
   assert {e.key for e in validation} != {e.key for e in test}
   train = recall.examples('train', pool, train_documents=50)
   assert len(train) == 50 and all(1 <= e.distance <= max(recall.DISTANCES) for e in train)
+  assert all(e.questions == max(1, recall.TRAIN_SPAN // e.distance) for e in train)
+  assert all(e.questions == 1 for e in test + validation)     # the scored split: one question
 
 
 def _oracle(reach_tokens: int, vocab: int = 256):
@@ -101,8 +125,7 @@ def test_score_checks_the_window():
                        batch_size=1, example_window=64)
 
 
-def test_recall_task_is_registered(tmp_path):
-  from melodi_jax.data import make_lanes
+def _books(tmp_path):
   books = tmp_path / 'books'
   rows = ['file\tbytes\tmd5\tsplit']
   for split in ('train', 'validation', 'test'):
@@ -111,9 +134,46 @@ def test_recall_task_is_registered(tmp_path):
     (books / split / 'a.txt').write_bytes(data)
     rows.append(f'{split}/a.txt\t{len(data)}\t{hashlib.md5(data).hexdigest()}\t{split}')
   (books / 'manifest.tsv').write_text('\n'.join(rows) + '\n')
+
+
+def test_recall_task_is_registered(tmp_path):
+  from melodi_jax.data import make_lanes
+  _books(tmp_path)
   stream = make_lanes('recall_bytes', 'test', batch_size=2, segment_length=128,
                       window_length=64, train=False, data_dir=str(tmp_path))
   batch = next(stream)
   assert batch['inputs'].shape == (2, 128) and batch['doc_start'][:, 0].all()
   text = bytes(batch['inputs'][0].astype(np.uint8))
   assert recall.PREFIX in text
+
+
+def test_recallkeys_weighs_exactly_the_key_digits_of_every_question(tmp_path):
+  from melodi_jax.data import make_lanes
+  from melodi_jax.data.errors import DataError
+  _books(tmp_path)
+  recall._cached_examples.cache_clear()
+  examples = {e.name: e for e in recall.load_examples('train', str(tmp_path))}
+  stream = make_lanes('recallkeys_bytes', 'train', batch_size=2, segment_length=256,
+                      window_length=64, train=True, data_dir=str(tmp_path))
+  documents = stream.documents
+  # Expected: weight 1 on the targets that are question digits, from the examples alone.
+  for index in range(3):
+    example = examples[documents.names[index]]
+    weights = documents.target_weights[documents.offsets[index]:documents.offsets[index + 1]]
+    expected = np.zeros(len(example.text), np.float32)
+    for q in range(example.questions):
+      at = example.query_position + q * example.distance * recall.WINDOW
+      expected[at:at + 5] = 1
+    np.testing.assert_array_equal(weights, expected)
+  lm = make_lanes('recall_bytes', 'train', batch_size=2, segment_length=256, window_length=64,
+                  train=True, data_dir=str(tmp_path))
+  for _ in range(4):                           # same tokens, only the weights differ
+    keys, plain = next(stream), next(lm)
+    np.testing.assert_array_equal(keys['inputs'], plain['inputs'])
+    weighted = keys['loss_weights'] > 0
+    assert weighted.any() and np.all(plain['loss_weights'][weighted] == 1)
+    assert set(bytes(keys['targets'][weighted].astype(np.uint8))) <= set(b'0123456789')
+    np.testing.assert_array_equal(keys['bytes'], keys['loss_weights'].sum(axis=1))
+  with pytest.raises(DataError, match='recallkeys_bytes'):
+    make_lanes('recallkeys_spm16k', 'train', batch_size=2, segment_length=256, window_length=64,
+               train=True, data_dir=str(tmp_path))

@@ -10,7 +10,8 @@ Batch format (a dict of numpy arrays), T = segment_length, W = window_length, N 
                                boundaries; 0 where there is none (padding, a document's last token).
   loss_weights  float32[B, T]  1 where `targets` holds a real next token, else 0. The last token
                                of a document has no next token and weight 0; the first token of a
-                               document is never a target (there is no BOS).
+                               document is never a target (there is no BOS). Documents with
+                               `target_weights` give their own weights instead of 1.
   doc_start     bool[B, N]     True where a new document starts at that window: reset memory there.
   bytes         float32[B]     UTF-8 bytes covered by the weighted targets of each lane (bits/byte).
 
@@ -41,17 +42,23 @@ class Documents:
     tokens:  int[S] (uint8, uint16 or int32) all documents concatenated, S = total tokens.
     offsets: int64[D + 1] document d is tokens[offsets[d]:offsets[d + 1]]; every document non-empty.
     names:   D document names (file paths relative to their corpus), for messages and stats.
+    target_weights: float32[S] or None: the loss weight of each token as a target (the token
+             before it predicting it); None = every target weighs 1. Tasks that score only some
+             tokens (recallkeys: the key digits) set it.
     """
 
     tokens: np.ndarray
     offsets: np.ndarray
     names: tuple[str, ...]
+    target_weights: np.ndarray | None = None
 
     def __post_init__(self):
         assert self.offsets.ndim == 1 and len(self.offsets) == len(self.names) + 1, (
             f"offsets {self.offsets.shape} must be [D + 1] for D={len(self.names)} names")
         assert self.offsets[-1] == len(self.tokens), (self.offsets[-1], self.tokens.shape)
         assert np.all(np.diff(self.offsets) > 0), "empty documents must be dropped before lanes"
+        assert self.target_weights is None or self.target_weights.shape == self.tokens.shape, (
+            self.target_weights.shape, self.tokens.shape)
 
     @classmethod
     def from_list(cls, documents: Sequence[Sequence[int]],
@@ -233,7 +240,12 @@ class LaneStream:
                 batch["inputs"][lane, position:position + count] = tokens[offset:offset + count]
                 batch["targets"][lane, position:position + with_next] = (
                     tokens[offset + 1:offset + 1 + with_next])
-                batch["loss_weights"][lane, position:position + with_next] = 1.0
+                if self.documents.target_weights is None:
+                    batch["loss_weights"][lane, position:position + with_next] = 1.0
+                else:
+                    start = int(self.documents.offsets[document_id]) + offset + 1
+                    batch["loss_weights"][lane, position:position + with_next] = (
+                        self.documents.target_weights[start:start + with_next])
             position += count
             if offset + count == length:  # done: the next document starts at the next window
                 self._lane_doc[lane], self._lane_offset[lane] = -1, 0

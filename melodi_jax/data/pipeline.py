@@ -16,7 +16,9 @@ from melodi_jax.data.lanes import LaneStream, check_shapes
 from melodi_jax.data.paths import data_root
 from melodi_jax.data.vocab import VOCABULARIES, Vocabulary, get_vocabulary
 
-CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir", "recall")  # recall.py (bytes)
+# recall.py (bytes): recall = language modelling on the recall documents, recallkeys = the same
+# documents with loss only on the key digits of the questions.
+CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir", "recall", "recallkeys")
 TASKS = tuple(f"{c}_{v}" for c in CORPORA for v in VOCABULARIES)
 
 
@@ -67,10 +69,13 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
     if text_dir and corpus != "text_dir":
         raise DataError(f"--text_dir given with task {task!r}: pass only one of them")
     vocab = get_vocabulary(vocabulary_name)
-    source = sources.source_for(corpus, split, text_dir=text_dir, tfds_data_dir=tfds_data_dir,
-                                data_dir=data_dir)
+    source = sources.source_for("recall" if corpus == "recallkeys" else corpus, split,
+                                text_dir=text_dir, tfds_data_dir=tfds_data_dir, data_dir=data_dir)
     cache_dir = data_root(data_dir) / "cache" / "tokens"
     documents = tokens.load_documents(source, vocab, cache_dir=cache_dir)
+    if corpus == "recallkeys":
+        from melodi_jax.data import recall  # pylint: disable=g-import-not-at-top
+        documents = recall.with_key_digit_weights(documents, split, data_dir, vocabulary_name)
     short = int(np.sum(documents.lengths() < window_length))
     if short:
         logging.warning("%s: %d of %d documents are shorter than one window (%d tokens); each "

@@ -11,9 +11,17 @@ statement always ends inside window 0, so for every k >= 1 the key is further ba
 window (beyond a one-window Transformer-XL cache of any single layer).
 
 Filler comes from the books corpus of the same split (train/validation/test), ASCII only, with
-any "key is" in it rewritten so that the only key in a document is its own. Train documents draw
-k uniformly from 1..max(DISTANCES); validation/test hold EXAMPLES_PER_DISTANCE documents for each
-k in DISTANCES. Everything is deterministic in (split, books corpus).
+any "key is" in it rewritten so that the only key in a document is its own. Validation/test hold
+EXAMPLES_PER_DISTANCE documents for each k in DISTANCES, each with one question (the scored one).
+
+Train documents are denser in what the test scores, so that a small model learns the skill in a
+budget a CPU can afford: k is drawn from 1..max(DISTANCES) with P(k) proportional to 1 / k (short
+distances, where copying is learned first, are common; every k is seen), and the question is
+repeated every k windows up to TRAIN_SPAN windows after the statement ("key ... q1 ... q2 ..."), each repeat exactly k
+windows after the previous occurrence, so every repeat also needs a memory k windows deep. With
+a uniform k and one question per document, 600 steps held ~6,000 key digits among 1.2M tokens and
+no model learned to copy at all (results of recall-v1, git history of results/recall.md).
+Everything is deterministic in (split, books corpus).
 """
 
 from __future__ import annotations
@@ -35,7 +43,8 @@ KEY_DIGITS = 5
 PREFIX = b'the key is '
 TRAIN_DOCUMENTS = 20000
 EXAMPLES_PER_DISTANCE = 64           # validation and test documents per k
-VERSION = 'recall-v1'
+TRAIN_SPAN = max(DISTANCES)          # train documents: questions up to this many windows in
+VERSION = 'recall-v2'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -47,6 +56,8 @@ class RecallExample:
   distance: int        # k: windows between the statement and the question
   key_position: int    # first key digit of the statement
   query_position: int  # first key digit of the question = key_position + k * window
+  questions: int = 1   # the question is repeated every k windows (train documents); the first
+                       # one is the scored one
 
   @property
   def digit_positions(self) -> np.ndarray:
@@ -62,10 +73,13 @@ def _filler(rng: np.random.Generator, pool: bytes, length: int) -> bytes:
 
 
 def make_example(rng: np.random.Generator, pool: bytes, distance: int, name: str,
-                 window: int = WINDOW) -> RecallExample:
-  """A document whose question comes `distance` windows after the key's statement."""
+                 window: int = WINDOW, questions: int = 1) -> RecallExample:
+  """A document whose question comes `distance` windows after the key's statement, repeated
+  `questions` times, each repeat `distance` windows after the one before."""
   if distance < 1:
     raise ValueError(f'distance {distance} must be >= 1 window')
+  if questions < 1:
+    raise ValueError(f'questions {questions} must be >= 1')
   key = ''.join(str(d) for d in rng.integers(0, 10, KEY_DIGITS))
   statement = PREFIX + key.encode() + b'. '
   # The statement ends inside window 0 (intro may be empty).
@@ -73,14 +87,26 @@ def make_example(rng: np.random.Generator, pool: bytes, distance: int, name: str
   intro = _filler(rng, pool, intro_length - 1) + b' ' if intro_length else b''
   key_position = len(intro) + len(PREFIX)
   query_position = key_position + distance * window
-  filler_length = query_position - len(PREFIX) - len(intro) - len(statement)
-  filler = _filler(rng, pool, filler_length - 1) + b' '
-  tail = b'. ' + _filler(rng, pool, int(rng.integers(8, 33)))
-  text = intro + statement + filler + PREFIX + key.encode() + tail
-  example = RecallExample(name, text, key, distance, key_position, query_position)
-  assert text[query_position:query_position + KEY_DIGITS] == key.encode(), example
-  assert text[key_position:key_position + KEY_DIGITS] == key.encode(), example
+  text = intro + statement
+  for question in range(1, questions + 1):
+    # Filler up to the question's prefix, so that its digits sit `distance` windows after the
+    # previous occurrence's digits.
+    filler_length = key_position + question * distance * window - len(PREFIX) - len(text)
+    text += _filler(rng, pool, filler_length - 1) + b' ' + PREFIX + key.encode()
+    if question < questions:
+      text += b'. '
+  text += b'. ' + _filler(rng, pool, int(rng.integers(8, 33)))
+  example = RecallExample(name, text, key, distance, key_position, query_position, questions)
+  for question in range(questions + 1):
+    at = key_position + question * distance * window
+    assert text[at:at + KEY_DIGITS] == key.encode(), example
   return example
+
+
+def train_distances(rng: np.random.Generator, count: int) -> np.ndarray:
+  """int[count] distances k in 1..max(DISTANCES), P(k) proportional to 1 / k."""
+  k = np.arange(1, max(DISTANCES) + 1)
+  return rng.choice(k, count, p=(1 / k) / np.sum(1 / k))
 
 
 def filler_pool(documents: Iterator[tuple[str, bytes]]) -> bytes:
@@ -101,11 +127,13 @@ def examples(split: str, pool: bytes, *, window: int = WINDOW,
                     'books corpus with `bash launch/prepare_data.sh --corpora=books`')
   rng = np.random.default_rng([SPLITS.index(split), 7])
   if split == 'train':
-    distances = rng.integers(1, max(DISTANCES) + 1, train_documents)
+    distances = train_distances(rng, train_documents)
+    questions = np.maximum(1, TRAIN_SPAN // distances)
   else:
     distances = np.repeat(DISTANCES, examples_per_distance)
-  return [make_example(rng, pool, int(k), f'recall/{split}/{i:05d}_k{int(k)}', window)
-          for i, k in enumerate(distances)]
+    questions = np.ones_like(distances)
+  return [make_example(rng, pool, int(k), f'recall/{split}/{i:05d}_k{int(k)}', window, int(q))
+          for i, (k, q) in enumerate(zip(distances, questions))]
 
 
 @functools.lru_cache(maxsize=4)
@@ -120,13 +148,29 @@ def load_examples(split: str, data_dir: str | None = None) -> list[RecallExample
   return list(_cached_examples(split, data_dir))
 
 
+def with_key_digit_weights(documents, split: str, data_dir: str | None, vocabulary: str):
+  """`documents` (the recall documents of `split`, bytes vocabulary) with target weight 1 on the
+  key digits of every question and 0 elsewhere (task `recallkeys_bytes`)."""
+  if vocabulary != 'bytes':
+    raise DataError(f'recallkeys_{vocabulary}: the recall task is defined in bytes; use '
+                    'recallkeys_bytes')
+  weights = np.zeros(documents.tokens.shape, np.float32)
+  for index, example in enumerate(load_examples(split, data_dir)):
+    assert documents.names[index] == example.name, (documents.names[index], example.name)
+    start = int(documents.offsets[index])
+    for question in range(example.questions):
+      at = start + example.query_position + question * example.distance * WINDOW
+      weights[at:at + KEY_DIGITS] = 1.0
+  return dataclasses.replace(documents, target_weights=weights)
+
+
 def recall_source(split: str, data_dir: str | None = None):
   """A `sources.DocumentSource` over the recall documents of `split` (task `recall_bytes`)."""
   from melodi_jax.data import sources  # pylint: disable=g-import-not-at-top
   books = sources.corpus_source('books', split, data_dir)
   fingerprint = hashlib.sha256(
       f'{VERSION}\0{split}\0{books.fingerprint}\0{WINDOW}\0{DISTANCES}\0'
-      f'{EXAMPLES_PER_DISTANCE}\0{TRAIN_DOCUMENTS}'.encode()).hexdigest()
+      f'{EXAMPLES_PER_DISTANCE}\0{TRAIN_DOCUMENTS}\0{TRAIN_SPAN}'.encode()).hexdigest()
 
   def read() -> Iterator[tuple[str, bytes]]:
     for example in load_examples(split, data_dir):

@@ -114,9 +114,11 @@ def register_text_dir(text_dir: str, vocabulary: str = "bytes") -> str:
 
 
 def register_all() -> list[str]:
-    """Registers the fixed-name tasks; pg19 reads its TFDS copy from $TFDS_DATA_DIR."""
+    """Registers the fixed-name tasks; pg19 reads its TFDS copy from $TFDS_DATA_DIR. recallkeys
+    differs from recall only in its loss weights, which seqio's text features do not carry."""
     return [_register(f"{corpus}_{vocabulary}", corpus, vocabulary)
-            for corpus in CORPORA if corpus != "text_dir" for vocabulary in VOCABULARIES]
+            for corpus in CORPORA if corpus not in ("text_dir", "recallkeys")
+            for vocabulary in VOCABULARIES]
 
 
 TASK_NAMES = register_all()
