@@ -82,6 +82,17 @@ def test_ordering_note_says_when_the_paper_order_breaks():
   assert 'does not hold' in note and 'MELODI S+L > Transformer-XL' in note
 
 
+def test_recall_falls_to_chance_where_it_stays_at_chance():
+  def scores(*accuracies):
+    return {str(k): {'digit_accuracy': a, 'examples': 64}
+            for k, a in zip((1, 2, 4, 8), accuracies)}
+  assert 0.14 < report.chance_band(64) < 0.16
+  assert report.chance_from(scores(0.9, 0.8, 0.1, 0.12)) == 4
+  assert report.chance_from(scores(0.9, 0.1, 0.5, 0.1)) == 8      # a dip does not count
+  assert report.chance_from(scores(0.9, 0.8, 0.7, 0.6)) is None
+  assert report.chance_from(scores(0.1, 0.1, 0.1, 0.1)) == 1
+
+
 def test_recall_report_from_fake_runs(tmp_path):
   runs, out = str(tmp_path / 'runs'), str(tmp_path / 'out')
   for name, accuracy in (('transformer_xl', 0.1), ('melodi', 0.9)):
@@ -93,7 +104,9 @@ def test_recall_report_from_fake_runs(tmp_path):
       json.dump(result, f)
   path = report.recall(runs, out, ['transformer_xl', 'melodi'], 'cmd')
   text = open(path).read()
-  assert '| MELODI S+L | 1,000 | 10 | 0.90 (0.00) | 0.90 (0.00) |' in text
+  assert '| MELODI S+L | 1,000 | 10 | 0.90 (0.00) | 0.90 (0.00) | never (up to the largest k) |' \
+      in text
+  assert '| Transformer-XL | 1,000 | 10 | 0.10 (0.00) | 0.10 (0.00) | k = 1 |' in text
   assert '- Transformer-XL: transformer_xl reach' in text
   assert os.path.getsize(os.path.join(out, 'recall.png')) > 1000
 
@@ -149,3 +162,21 @@ def test_eval_items_take_an_optional_per_split_cap():
   for bad in ('books_bytes', 'books_bytes:', ':test', 'math_bytes:test:0', 'a:b:c', 'a:b:3:4'):
     with pytest.raises(cli.UserError, match='not task:split'):
       evaluate_run._parse_eval(bad, None)
+
+
+def test_copy_probe_batches_are_periodic_and_a_tiny_run_reports_its_curve(tmp_path):
+  from melodi_jax.experiments import copy_probe
+  inputs, targets = copy_probe.copy_batch(np.random.default_rng(0), 3, 200)
+  assert inputs.shape == targets.shape == (3, 200)
+  np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])
+  for row in inputs:
+    period = next(p for p in range(8, 65) if np.array_equal(row[p:], row[:-p]))
+    assert 8 <= period <= 64 and row.min() >= ord('a') and row.max() <= ord('z')
+  out = tmp_path / 'probe.json'
+  copy_probe.main(['--gin_file=models/transformer_xl.gin', '--gin_file=sizes/tiny.gin',
+                   '--gin_bindings=TrainConfig.batch_size = 2',
+                   '--gin_bindings=TrainConfig.segment_length = 32', '--steps=2', '--log_every=1',
+                   f'--json={out}'])
+  result = json.load(open(out))
+  assert [row['step'] for row in result['curve']] == [1, 2]
+  assert result['segment_length'] == 32 and result['formed_at_step'] is None

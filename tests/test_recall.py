@@ -18,7 +18,7 @@ def _pool(size=20000):
 
 def test_example_layout():
   pool = _pool()
-  assert b'key is' not in pool.lower()
+  assert b'key is' not in pool.lower() and not any(c in pool for c in b'0123456789')
   rng = np.random.default_rng(1)
   for k in recall.DISTANCES:
     example = recall.make_example(rng, pool, k, f'x{k}')
@@ -65,8 +65,15 @@ def test_examples_per_split_are_deterministic():
   validation = recall.examples('validation', pool, examples_per_distance=3)
   assert {e.key for e in validation} != {e.key for e in test}
   train = recall.examples('train', pool, train_documents=50)
-  assert len(train) == 50 and all(1 <= e.distance <= max(recall.DISTANCES) for e in train)
-  assert all(e.questions == max(1, recall.TRAIN_SPAN // e.distance) for e in train)
+  assert len(train) == 50
+  echoes = [e for e in train if e.questions == 0]
+  keys = [e for e in train if e.questions > 0]
+  assert 10 < len(echoes) < 40 and len(echoes) + len(keys) == 50     # ECHO_FRACTION = 0.5
+  assert all(e.questions == max(1, recall.TRAIN_SPAN // e.distance) for e in keys)
+  for echo in echoes:                       # a snippet repeated: copyable from one snippet back
+    assert echo.key == '' and len(echo.text) == recall.ECHO_BYTES
+    period = next(p for p in range(8, 65) if echo.text[p:] == echo.text[:-p])
+    assert recall.PREFIX not in echo.text and period <= 64
   assert all(e.questions == 1 for e in test + validation)     # the scored split: one question
 
 
@@ -167,13 +174,16 @@ def test_recallkeys_weighs_exactly_the_key_digits_of_every_question(tmp_path):
     np.testing.assert_array_equal(weights, expected)
   lm = make_lanes('recall_bytes', 'train', batch_size=2, segment_length=256, window_length=64,
                   train=True, data_dir=str(tmp_path))
-  for _ in range(4):                           # same tokens, only the weights differ
+  seen = 0
+  for _ in range(8):                           # same tokens, only the weights differ
     keys, plain = next(stream), next(lm)
     np.testing.assert_array_equal(keys['inputs'], plain['inputs'])
     weighted = keys['loss_weights'] > 0
-    assert weighted.any() and np.all(plain['loss_weights'][weighted] == 1)
+    seen += weighted.sum()
+    assert np.all(plain['loss_weights'][weighted] == 1)
     assert set(bytes(keys['targets'][weighted].astype(np.uint8))) <= set(b'0123456789')
     np.testing.assert_array_equal(keys['bytes'], keys['loss_weights'].sum(axis=1))
+  assert seen >= 5
   with pytest.raises(DataError, match='recallkeys_bytes'):
     make_lanes('recallkeys_spm16k', 'train', batch_size=2, segment_length=256, window_length=64,
                train=True, data_dir=str(tmp_path))

@@ -1,9 +1,8 @@
 #!/usr/bin/env bash
-# Issue 7, part 3: Transformer-XL, Memorizing (dense) and MELODI, each warm-started from its own
-# compare_small run (books language model, 600 steps) and trained with the compare_small budget
-# (600 more steps, same size, optimizer, seed) on the recall task (recall_bytes: book text, a
-# 5-digit key asked for k windows later), scored per k on the recall test split, then
-# results/recall.md and recall.png. Needs the compare_small runs of these rows (all.sh runs it first).
+# Issue 7, part 3: Transformer-XL, Memorizing (dense) and MELODI, each with its compare_small
+# model and the same recall budget (configs/experiments/recall.gin: task, steps, optimizer, seed),
+# trained from scratch on the recall task (recall_bytes: book text, a 5-digit key asked for k
+# windows later), scored per k on the recall test split, then results/recall.md and recall.png.
 # Resumable like compare_small.sh (same SMOKE / MODELS / RUNS_ROOT variables).
 #   bash launch/experiments/recall.sh
 #   SMOKE=1 bash launch/experiments/recall.sh
@@ -17,11 +16,7 @@ else OUT_DIR="${OUT_DIR:-results}"; PER_K=(); fi
 
 log "recall: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE, data $MELODI_DATA_DIR)"
 for row in "${ROWS[@]}"; do
-  base="$RUNS_ROOT/compare_small/$row"
-  if [ "$(latest_step "$EXP_DIR/$row")" = 0 ] && [ "$(latest_step "$base")" = 0 ]; then
-    log "$row: no compare_small run in $base to start from; run compare_small.sh first"; exit 1
-  fi
-  train_row "$row" "experiments/recall/$row.gin" --init_from="$base" "$@"   # extra args: trainer
+  train_row "$row" "experiments/recall/$row.gin" "$@"   # extra args: trainer
   log "$row: scoring recall (test split)"
   "$PYTHON" -m melodi_jax.experiments.evaluate_run --workdir="$EXP_DIR/$row" --evals= \
     >>"$EXP_DIR/$row/eval.log" 2>&1 || true   # model_stats.json (parameters, memory floats)

@@ -11,16 +11,22 @@ statement always ends inside window 0, so for every k >= 1 the key is further ba
 window (beyond a one-window Transformer-XL cache of any single layer).
 
 Filler comes from the books corpus of the same split (train/validation/test), ASCII only, with
-any "key is" in it rewritten so that the only key in a document is its own. Validation/test hold
+any "key is" in it rewritten and every digit removed, so that the only key in a document is its
+own and its digits are the only digits. Validation/test hold
 EXAMPLES_PER_DISTANCE documents for each k in DISTANCES, each with one question (the scored one).
 
 Train documents are denser in what the test scores, so that a small model learns the skill in a
 budget a CPU can afford: k is drawn from 1..max(DISTANCES) with P(k) proportional to 1 / k (short
 distances, where copying is learned first, are common; every k is seen), and the question is
-repeated every k windows up to TRAIN_SPAN windows after the statement ("key ... q1 ... q2 ..."), each repeat exactly k
-windows after the previous occurrence, so every repeat also needs a memory k windows deep. With
-a uniform k and one question per document, 600 steps held ~6,000 key digits among 1.2M tokens and
-no model learned to copy at all (results of recall-v1, git history of results/recall.md).
+repeated every k windows up to TRAIN_SPAN windows after the statement, each repeat exactly k
+windows after the previous occurrence, so every repeat also needs a memory k windows deep. And
+a fraction ECHO_FRACTION of the train documents are "echo" documents: a snippet of 8..64 bytes
+of book text repeated up to ECHO_BYTES, where most tokens can be predicted by copying from one
+snippet back, across window boundaries too. They teach the copy (induction) circuit quickly, the
+way a dense copy task does; the key digits alone are too rare a signal for it: with a uniform k,
+one question per document and no echoes, 600 steps held ~6,000 key digits among 1.2M tokens and
+no model learned to copy at all (recall-v1, git history of results/recall.md), and neither did a
+Transformer-XL in 2,000 steps on the denser v2 documents without echoes.
 Everything is deterministic in (split, books corpus).
 """
 
@@ -44,6 +50,8 @@ PREFIX = b'the key is '
 TRAIN_DOCUMENTS = 20000
 EXAMPLES_PER_DISTANCE = 64           # validation and test documents per k
 TRAIN_SPAN = max(DISTANCES)          # train documents: questions up to this many windows in
+ECHO_FRACTION = 0.5                  # train documents that are echoes (no key)
+ECHO_BYTES = 1024                    # an echo document's length
 VERSION = 'recall-v2'
 
 
@@ -103,6 +111,14 @@ def make_example(rng: np.random.Generator, pool: bytes, distance: int, name: str
   return example
 
 
+def make_echo(rng: np.random.Generator, pool: bytes, name: str) -> RecallExample:
+  """A train document without a key: a snippet of 8..64 bytes of filler repeated to ECHO_BYTES."""
+  snippet = _filler(rng, pool, int(rng.integers(8, 65)))
+  text = (snippet * (-(-ECHO_BYTES // len(snippet))))[:ECHO_BYTES]
+  return RecallExample(name, text, key='', distance=0, key_position=-1, query_position=-1,
+                       questions=0)
+
+
 def train_distances(rng: np.random.Generator, count: int) -> np.ndarray:
   """int[count] distances k in 1..max(DISTANCES), P(k) proportional to 1 / k."""
   k = np.arange(1, max(DISTANCES) + 1)
@@ -110,9 +126,11 @@ def train_distances(rng: np.random.Generator, count: int) -> np.ndarray:
 
 
 def filler_pool(documents: Iterator[tuple[str, bytes]]) -> bytes:
-  """The split's book text as one ASCII string without any 'key is' in it."""
+  """The split's book text as one ASCII string without any 'key is' in it and without digits
+  (verse and line numbers), so that the key's digits are the only digits of a document."""
   text = b'\n'.join(data for _, data in documents)
   text = text.decode('ascii', 'ignore').encode()
+  text = re.sub(rb'[0-9]+', b'', text)
   return re.sub(rb'(?i)key(\s+)is', rb'key\1was', text)
 
 
@@ -126,14 +144,16 @@ def examples(split: str, pool: bytes, *, window: int = WINDOW,
     raise DataError(f'recall: {len(pool)} bytes of book text is too little filler; build the '
                     'books corpus with `bash launch/prepare_data.sh --corpora=books`')
   rng = np.random.default_rng([SPLITS.index(split), 7])
-  if split == 'train':
-    distances = train_distances(rng, train_documents)
-    questions = np.maximum(1, TRAIN_SPAN // distances)
-  else:
+  if split != 'train':
     distances = np.repeat(DISTANCES, examples_per_distance)
-    questions = np.ones_like(distances)
-  return [make_example(rng, pool, int(k), f'recall/{split}/{i:05d}_k{int(k)}', window, int(q))
-          for i, (k, q) in enumerate(zip(distances, questions))]
+    return [make_example(rng, pool, int(k), f'recall/{split}/{i:05d}_k{int(k)}', window)
+            for i, k in enumerate(distances)]
+  distances = train_distances(rng, train_documents)
+  echo = rng.random(train_documents) < ECHO_FRACTION
+  return [make_echo(rng, pool, f'recall/train/{i:05d}_echo') if echo[i] else
+          make_example(rng, pool, int(k), f'recall/train/{i:05d}_k{int(k)}', window,
+                       max(1, TRAIN_SPAN // int(k)))
+          for i, k in enumerate(distances)]
 
 
 @functools.lru_cache(maxsize=4)
@@ -170,7 +190,8 @@ def recall_source(split: str, data_dir: str | None = None):
   books = sources.corpus_source('books', split, data_dir)
   fingerprint = hashlib.sha256(
       f'{VERSION}\0{split}\0{books.fingerprint}\0{WINDOW}\0{DISTANCES}\0'
-      f'{EXAMPLES_PER_DISTANCE}\0{TRAIN_DOCUMENTS}\0{TRAIN_SPAN}'.encode()).hexdigest()
+      f'{EXAMPLES_PER_DISTANCE}\0{TRAIN_DOCUMENTS}\0{TRAIN_SPAN}\0{ECHO_FRACTION}\0'
+      f'{ECHO_BYTES}'.encode()).hexdigest()
 
   def read() -> Iterator[tuple[str, bytes]]:
     for example in load_examples(split, data_dir):

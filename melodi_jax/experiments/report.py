@@ -409,6 +409,24 @@ def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str
 # recall
 
 
+def chance_band(examples: int) -> float:
+  """The digit accuracy below which a row is at chance: 0.1 + 3 standard errors of 5 * examples
+  guesses at 1 in 10."""
+  return 0.1 + 3 * (0.1 * 0.9 / (5 * max(examples, 1))) ** 0.5
+
+
+def chance_from(by_distance: dict) -> int | None:
+  """The smallest k from which on (that k and every larger one) digit accuracy is within the
+  chance band; None when the largest k is still above it."""
+  fall = None
+  for k in sorted(by_distance, key=int, reverse=True):
+    score = by_distance[k]
+    if score['digit_accuracy'] >= chance_band(score['examples']):
+      break
+    fall = int(k)
+  return fall
+
+
 def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 'test') -> str:
   """Writes OUT/recall.md and recall.png: key-digit accuracy per distance k for each run."""
   summaries, results = [], {}
@@ -423,7 +441,8 @@ def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 
       results[name] = _read_json(paths[-1])
   os.makedirs(out, exist_ok=True)
   distances = sorted({int(k) for r in results.values() for k in r['by_distance']})
-  header = ['model', 'memory floats / lane', 'steps'] + [f'k = {k}' for k in distances]
+  header = (['model', 'memory floats / lane', 'steps'] + [f'k = {k}' for k in distances] +
+            ['at chance from'])
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   for row in summaries:
     by_distance = results[row.name]['by_distance']
@@ -433,6 +452,8 @@ def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 
       score = by_distance.get(str(k))
       cells.append('—' if score is None else f'{score["digit_accuracy"]:.2f} '
                    f'({score["key_accuracy"]:.2f})')
+    fall = chance_from(by_distance)
+    cells.append('never (up to the largest k)' if fall is None else f'k = {fall}')
     lines.append('| ' + ' | '.join(cells) + ' |')
 
   import matplotlib  # pylint: disable=g-import-not-at-top
