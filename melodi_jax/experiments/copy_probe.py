@@ -39,11 +39,13 @@ def copy_batch(rng: np.random.Generator, batch_size: int, length: int,
 
 def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_rate: float,
         log_every: int, formed_below: float, seed: int = 0) -> dict:
+  import gin  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from melodi_jax import models  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import cli, config, optim  # pylint: disable=g-import-not-at-top,unused-import
 
+  gin.clear_config()  # also unlocks a config an earlier run in this process finalized
   cli.parse_gin(list(gin_files), list(bindings), ['configs'])
   train_config = config.TrainConfig()
   model = models.build_from_gin(train_config.segment_length)  # from the gin state parsed above

@@ -492,13 +492,18 @@ def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 
       '',
       f'Machine: {machine()}',
       '',
-      'Task (melodi_jax/data/recall.py, `recall_bytes`): real book text in which a random 5-digit '
-      'key is stated near the start ("the key is 48213.") and asked for again exactly k windows '
-      'later ("the key is _____"), filler in between. Cells: accuracy of the 5 key digits '
-      'predicted (argmax) with the question and the earlier digits given (teacher-forced); in '
-      'parentheses the fraction of keys with all 5 digits right. '
+      'Task (melodi_jax/data/recall.py, `recall_bytes`): real book text (digits removed) in '
+      'which a random 5-digit key is stated near the start ("the key is 48213.") and asked for '
+      'again exactly k windows later ("the key is _____"), filler in between. Training (every '
+      'row from scratch, configs/experiments/recall.gin: same steps, optimizer and seed): key '
+      'documents with k ~ 1/k in 1..32 and the question repeated every k windows, and echo '
+      'documents (a book snippet repeated) that reward copying; loss on every byte. Cells: '
+      'accuracy of the 5 key digits predicted (argmax) with the question and the earlier digits '
+      'given (teacher-forced); in parentheses the fraction of keys with all 5 digits right. '
       f'{first.get("examples_per_distance", "?")} test documents per k; scorer: '
-      '`melodi_jax.experiments.recall_score.score`.',
+      '`melodi_jax.experiments.recall_score.score`. "At chance from": the smallest k from '
+      'which on every digit accuracy is below 0.1 + 3 standard errors '
+      f'({chance_band(first.get("examples_per_distance", 1) or 1):.2f} at this count).',
       '',
       *lines,
       '',
