@@ -40,8 +40,9 @@ def test_train_documents_repeat_the_question_every_k_windows():
     example = recall.make_example(rng, pool, k, f'x{k}', questions=questions)
     key = example.key.encode()
     assert example.text.count(recall.PREFIX) == questions + 1
-    for q in range(questions + 1):        # each occurrence exactly k windows after the one before
-      at = example.key_position + q * k * recall.WINDOW
+    expected = example.key_position + k * recall.WINDOW * np.arange(1, questions + 1)
+    np.testing.assert_array_equal(example.question_positions, expected)
+    for at in [example.key_position, *expected]:   # each k windows after the one before
       assert example.text[at - len(recall.PREFIX):at + 5] == recall.PREFIX + key
   with pytest.raises(ValueError, match='questions'):
     recall.make_example(rng, pool, 2, 'bad', questions=0)
@@ -164,14 +165,17 @@ def test_recallkeys_weighs_exactly_the_key_digits_of_every_question(tmp_path):
                       window_length=64, train=True, data_dir=str(tmp_path))
   documents = stream.documents
   # Expected: weight 1 on the targets that are question digits, from the examples alone.
-  for index in range(3):
+  checked = 0
+  for index in range(20):
     example = examples[documents.names[index]]
+    checked += example.questions > 0
     weights = documents.target_weights[documents.offsets[index]:documents.offsets[index + 1]]
     expected = np.zeros(len(example.text), np.float32)
     for q in range(example.questions):
       at = example.query_position + q * example.distance * recall.WINDOW
       expected[at:at + 5] = 1
     np.testing.assert_array_equal(weights, expected)
+  assert checked >= 3                          # key documents among them, not only echoes
   lm = make_lanes('recall_bytes', 'train', batch_size=2, segment_length=256, window_length=64,
                   train=True, data_dir=str(tmp_path))
   seen = 0

@@ -68,6 +68,9 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
     corpus, vocabulary_name = parse_task(task)
     if text_dir and corpus != "text_dir":
         raise DataError(f"--text_dir given with task {task!r}: pass only one of them")
+    if corpus == "recallkeys" and vocabulary_name != "bytes":
+        raise DataError(f"{task}: the recall task's key positions are byte offsets; use "
+                        "recallkeys_bytes")
     vocab = get_vocabulary(vocabulary_name)
     source = sources.source_for("recall" if corpus == "recallkeys" else corpus, split,
                                 text_dir=text_dir, tfds_data_dir=tfds_data_dir, data_dir=data_dir)
@@ -75,7 +78,7 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
     documents = tokens.load_documents(source, vocab, cache_dir=cache_dir)
     if corpus == "recallkeys":
         from melodi_jax.data import recall  # pylint: disable=g-import-not-at-top
-        documents = recall.with_key_digit_weights(documents, split, data_dir, vocabulary_name)
+        documents = recall.with_key_digit_weights(documents, split, data_dir)
     short = int(np.sum(documents.lengths() < window_length))
     if short:
         logging.warning("%s: %d of %d documents are shorter than one window (%d tokens); each "

@@ -72,6 +72,12 @@ class RecallExample:
     """int[5]: where the question's key digits are (the scored targets)."""
     return self.query_position + np.arange(KEY_DIGITS)
 
+  @property
+  def question_positions(self) -> np.ndarray:
+    """int[questions]: the first key digit of every question (the first one is query_position)."""
+    return self.key_position + (self.query_position - self.key_position) * np.arange(
+        1, self.questions + 1)
+
 
 def _filler(rng: np.random.Generator, pool: bytes, length: int) -> bytes:
   if length <= 0:
@@ -105,8 +111,7 @@ def make_example(rng: np.random.Generator, pool: bytes, distance: int, name: str
       text += b'. '
   text += b'. ' + _filler(rng, pool, int(rng.integers(8, 33)))
   example = RecallExample(name, text, key, distance, key_position, query_position, questions)
-  for question in range(questions + 1):
-    at = key_position + question * distance * window
+  for at in [key_position, *example.question_positions]:
     assert text[at:at + KEY_DIGITS] == key.encode(), example
   return example
 
@@ -168,18 +173,13 @@ def load_examples(split: str, data_dir: str | None = None) -> list[RecallExample
   return list(_cached_examples(split, data_dir))
 
 
-def with_key_digit_weights(documents, split: str, data_dir: str | None, vocabulary: str):
-  """`documents` (the recall documents of `split`, bytes vocabulary) with target weight 1 on the
-  key digits of every question and 0 elsewhere (task `recallkeys_bytes`)."""
-  if vocabulary != 'bytes':
-    raise DataError(f'recallkeys_{vocabulary}: the recall task is defined in bytes; use '
-                    'recallkeys_bytes')
+def with_key_digit_weights(documents, split: str, data_dir: str | None):
+  """`documents` (the recall documents of `split`, bytes vocabulary: a token is a byte) with
+  target weight 1 on the key digits of every question and 0 elsewhere (task `recallkeys_bytes`)."""
   weights = np.zeros(documents.tokens.shape, np.float32)
   for index, example in enumerate(load_examples(split, data_dir)):
     assert documents.names[index] == example.name, (documents.names[index], example.name)
-    start = int(documents.offsets[index])
-    for question in range(example.questions):
-      at = start + example.query_position + question * example.distance * WINDOW
+    for at in int(documents.offsets[index]) + example.question_positions:
       weights[at:at + KEY_DIGITS] = 1.0
   return dataclasses.replace(documents, target_weights=weights)
 

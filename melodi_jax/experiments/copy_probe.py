@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from typing import Sequence
@@ -40,12 +41,14 @@ def copy_batch(rng: np.random.Generator, batch_size: int, length: int,
 def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_rate: float,
         log_every: int, formed_below: float, seed: int = 0) -> dict:
   import gin  # pylint: disable=g-import-not-at-top
+  # Unlock a config an earlier run in this process finalized, before the imports below register
+  # their configurables.
+  gin.clear_config()
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from melodi_jax import models  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import cli, config, optim  # pylint: disable=g-import-not-at-top,unused-import
 
-  gin.clear_config()  # also unlocks a config an earlier run in this process finalized
   cli.parse_gin(list(gin_files), list(bindings), ['configs'])
   train_config = config.TrainConfig()
   model = models.build_from_gin(train_config.segment_length)  # from the gin state parsed above
@@ -108,7 +111,6 @@ def main(argv: Sequence[str] | None = None) -> None:
   if args.json:
     with open(args.json + '.tmp', 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=1)
-    import os  # pylint: disable=g-import-not-at-top
     os.replace(args.json + '.tmp', args.json)
 
 
