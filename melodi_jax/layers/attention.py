@@ -150,6 +150,7 @@ class Attention(nn.Module):
   normalize_qk: bool = False
   position_buckets: int = 32
   position_max_distance: int = 128
+  position_bias_scale: float = 1.0
   cross_gate: bool = False
   gate_per_head: bool = False       # Memorizing Transformer: one gate per head
   cross_top_k: int = 0              # 0: dense cross-attention over the whole cross memory
@@ -169,7 +170,8 @@ class Attention(nn.Module):
                                    init, (axes.HEADS, axes.KV, axes.EMBED)))
     self.dropout = nn.Dropout(self.dropout_rate)
     self.position_bias = RelativePositionBias(self.num_heads, self.position_buckets,
-                                              self.position_max_distance)
+                                              self.position_max_distance,
+                                              self.position_bias_scale)
     if self.normalize_qk:
       self.qk_scale = self.param('qk_scale', nn.initializers.constant(self.head_dim ** 0.5),
                                  (self.num_heads,), jnp.float32)

@@ -1,4 +1,12 @@
-"""T5-style relative position bias for causal attention: a learned scalar per head and bucket."""
+"""T5-style relative position bias for causal attention: a learned scalar per head and bucket.
+
+The bias is `scale` times a learned table (initialised N(0, 0.02)). With Adam-type optimizers a
+parameter moves about one learning rate per step whatever its gradient, so an unscaled table
+needs thousands of steps before a head can aim sharply at one offset (a previous-token head wants
+a bias ~5 above its neighbours): the copy (induction) circuit then forms late, and attention stays
+near uniform over the visible keys. Scaling the table by 10 made a small Transformer-XL form a
+copy circuit at step ~400 instead of ~1,900 (results/copy_probe/README.md).
+"""
 
 import flax.linen as nn
 import jax
@@ -27,6 +35,7 @@ class RelativePositionBias(nn.Module):
   num_heads: int
   num_buckets: int = 32
   max_distance: int = 128
+  scale: float = 1.0          # bias = scale * table
 
   @nn.compact
   def __call__(self, query_positions: np.ndarray, key_positions: np.ndarray,
@@ -41,5 +50,5 @@ class RelativePositionBias(nn.Module):
       buckets = jnp.asarray(buckets)[query_index][None]
     table = self.param('table', nn.initializers.normal(0.02), (self.num_buckets, self.num_heads),
                        jnp.float32)
-    bias = jnp.take(table, jnp.asarray(buckets), axis=0)  # [Tq, Tk, H]
+    bias = jnp.take(table * self.scale, jnp.asarray(buckets), axis=0)  # [Tq, Tk, H]
     return jnp.transpose(bias, (2, 0, 1))[None]

@@ -48,6 +48,8 @@ class ModelConfig:
   normalize_qk: bool = False        # unit-norm keys/queries with a learned per-head scale
   position_buckets: int = 32        # T5 relative position bias buckets ...
   position_max_distance: int = 128  # ... and the distance where the last bucket starts
+  position_bias_scale: float = 10.0  # bias = scale * learned table: lets it move 10x faster
+                                     # (layers/position.py)
   tie_embeddings: bool = False      # logits use the token embedding table
   dtype: str = 'bfloat16'           # compute dtype; parameters stay float32
   memory_dtype: str = 'float32'     # dtype of the carried memory pytree
@@ -77,7 +79,8 @@ class ModelConfig:
     return dict(model_dim=self.model_dim, num_heads=self.num_heads, head_dim=self.head_dim,
                 dropout_rate=self.dropout_rate, normalize_qk=self.normalize_qk,
                 position_buckets=self.position_buckets,
-                position_max_distance=self.position_max_distance, dtype=self.compute_dtype)
+                position_max_distance=self.position_max_distance,
+                position_bias_scale=self.position_bias_scale, dtype=self.compute_dtype)
 
   def validate(self) -> None:
     """Raises ConfigError naming the gin parameter that cannot work."""
@@ -96,6 +99,7 @@ class ModelConfig:
         (0.0 <= self.dropout_rate < 1.0, 'ModelConfig.dropout_rate must be in [0, 1)'),
         (self.position_buckets >= 2 and self.position_max_distance > self.position_buckets // 2,
          'ModelConfig.position_max_distance must exceed position_buckets / 2'),
+        (self.position_bias_scale > 0, 'ModelConfig.position_bias_scale must be positive'),
     ]
     for ok, message in checks:
       if not ok:
