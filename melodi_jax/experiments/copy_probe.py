@@ -87,7 +87,7 @@ def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_
             f'elapsed {time.time() - start:.0f}s', flush=True)
   return {'gin_files': list(gin_files), 'bindings': list(bindings), 'steps': steps,
           'learning_rate': learning_rate, 'batch_size': batch, 'segment_length': length,
-          'formed_below': formed_below, 'formed_at_step': formed, 'curve': curve}
+          'seed': seed, 'formed_below': formed_below, 'formed_at_step': formed, 'curve': curve}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -98,13 +98,14 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--learning_rate', type=float, default=3e-3)
   parser.add_argument('--log_every', type=int, default=100)
   parser.add_argument('--formed_below', type=float, default=1.0)
+  parser.add_argument('--seed', type=int, default=0, help='parameters and patterns')
   parser.add_argument('--json', default=None, help='write the curve here')
   args = parser.parse_args(argv)
   if args.steps < 1 or args.log_every < 1:
     print('error: --steps and --log_every must be >= 1', file=sys.stderr)
     sys.exit(2)
   result = run(args.gin_file, args.gin_bindings, args.steps, args.learning_rate, args.log_every,
-               args.formed_below)
+               args.formed_below, args.seed)
   formed = result['formed_at_step']
   print(f'copy circuit formed (loss < {args.formed_below}) at step {formed}' if formed else
         f'copy circuit not formed in {args.steps} steps (loss never < {args.formed_below})')
