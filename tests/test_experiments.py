@@ -166,12 +166,23 @@ def test_eval_items_take_an_optional_per_split_cap():
 
 def test_copy_probe_batches_are_periodic_and_a_tiny_run_reports_its_curve(tmp_path):
   from melodi_jax.experiments import copy_probe
-  inputs, targets = copy_probe.copy_batch(np.random.default_rng(0), 3, 200)
-  assert inputs.shape == targets.shape == (3, 200)
+  inputs, targets, copyable = copy_probe.copy_batch(np.random.default_rng(0), 3, 200)
+  assert inputs.shape == targets.shape == copyable.shape == (3, 200)
   np.testing.assert_array_equal(inputs[:, 1:], targets[:, :-1])
-  for row in inputs:
+  for row, target_row, copy_row in zip(inputs, targets, copyable):
     period = next(p for p in range(8, 65) if np.array_equal(row[p:], row[:-p]))
     assert 8 <= period <= 64 and row.min() >= ord('a') and row.max() <= ord('z')
+    # copyable: exactly the targets that are the input one period back (t + 1 - period >= 0)
+    expected = np.arange(200) + 1 >= period
+    np.testing.assert_array_equal(copy_row, expected)
+    at = np.nonzero(expected)[0]
+    np.testing.assert_array_equal(target_row[at], row[at + 1 - period])
+  weights = {loss_on: copy_probe.loss_weights(copyable, 64, loss_on)
+             for loss_on in copy_probe.LOSS_ON}
+  assert weights['all'].min() == 1 and np.array_equal(weights['copyable'], copyable)
+  assert weights['after_window'][:, :64].max() == 0 and weights['after_window'][:, 64:].min() == 1
+  with pytest.raises(ValueError, match='loss_on'):
+    copy_probe.loss_weights(copyable, 64, 'everything')
   out = tmp_path / 'probe.json'
   copy_probe.main(['--gin_file=models/transformer_xl.gin', '--gin_file=sizes/tiny.gin',
                    '--gin_bindings=TrainConfig.batch_size = 2',

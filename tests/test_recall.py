@@ -71,10 +71,14 @@ def test_examples_per_split_are_deterministic():
   keys = [e for e in train if e.questions > 0]
   assert 10 < len(echoes) < 40 and len(echoes) + len(keys) == 50     # ECHO_FRACTION = 0.5
   assert all(e.questions == max(1, recall.TRAIN_SPAN // e.distance) for e in keys)
-  for echo in echoes:                       # a snippet repeated: copyable from one snippet back
+  for echo in echoes:             # runs of a fresh snippet repeated: copyable from one snippet back
     assert echo.key == '' and len(echo.text) == recall.ECHO_BYTES
-    period = next(p for p in range(8, 65) if echo.text[p:] == echo.text[:-p])
-    assert recall.PREFIX not in echo.text and period <= 64
+    assert recall.PREFIX not in echo.text
+    assert len(echo.periods) == recall.ECHO_BYTES // recall.ECHO_RUN
+    runs = [echo.text[i:i + recall.ECHO_RUN] for i in range(0, recall.ECHO_BYTES, recall.ECHO_RUN)]
+    for run, period in zip(runs, echo.periods):
+      assert period == next(p for p in range(8, 65) if run[p:] == run[:-p])
+    assert len(set(runs)) > 1                                 # a fresh snippet per run
   assert all(e.questions == 1 for e in test + validation)     # the scored split: one question
 
 
@@ -155,7 +159,7 @@ def test_recall_task_is_registered(tmp_path):
   assert recall.PREFIX in text
 
 
-def test_recallkeys_weighs_exactly_the_key_digits_of_every_question(tmp_path):
+def test_recallkeys_weighs_the_question_digits_and_the_echo_repeats_only(tmp_path):
   from melodi_jax.data import make_lanes
   from melodi_jax.data.errors import DataError
   _books(tmp_path)
@@ -164,18 +168,28 @@ def test_recallkeys_weighs_exactly_the_key_digits_of_every_question(tmp_path):
   stream = make_lanes('recallkeys_bytes', 'train', batch_size=2, segment_length=256,
                       window_length=64, train=True, data_dir=str(tmp_path))
   documents = stream.documents
-  # Expected: weight 1 on the targets that are question digits, from the examples alone.
-  checked = 0
+  # Expected, from the examples alone: weight 1 on the question digits of key documents and on
+  # the echo bytes that repeat the byte one snippet back.
+  key_docs = echo_docs = 0
   for index in range(20):
     example = examples[documents.names[index]]
-    checked += example.questions > 0
     weights = documents.target_weights[documents.offsets[index]:documents.offsets[index + 1]]
     expected = np.zeros(len(example.text), np.float32)
     for q in range(example.questions):
       at = example.query_position + q * example.distance * recall.WINDOW
       expected[at:at + 5] = 1
+    if example.questions == 0:                 # every byte that repeats the one a snippet back
+      text = np.frombuffer(example.text, np.uint8)
+      for run, period in enumerate(example.periods):
+        start, end = run * recall.ECHO_RUN, (run + 1) * recall.ECHO_RUN
+        expected[start + period:end] = 1
+        assert 8 <= period <= 64
+        np.testing.assert_array_equal(text[start + period:end], text[start:end - period])
+      echo_docs += 1
+    else:
+      key_docs += 1
     np.testing.assert_array_equal(weights, expected)
-  assert checked >= 3                          # key documents among them, not only echoes
+  assert key_docs >= 3 and echo_docs >= 3
   lm = make_lanes('recall_bytes', 'train', batch_size=2, segment_length=256, window_length=64,
                   train=True, data_dir=str(tmp_path))
   seen = 0
@@ -185,7 +199,6 @@ def test_recallkeys_weighs_exactly_the_key_digits_of_every_question(tmp_path):
     weighted = keys['loss_weights'] > 0
     seen += weighted.sum()
     assert np.all(plain['loss_weights'][weighted] == 1)
-    assert set(bytes(keys['targets'][weighted].astype(np.uint8))) <= set(b'0123456789')
     np.testing.assert_array_equal(keys['bytes'], keys['loss_weights'].sum(axis=1))
   assert seen >= 5
   with pytest.raises(DataError, match='recallkeys_bytes'):

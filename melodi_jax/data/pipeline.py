@@ -17,7 +17,7 @@ from melodi_jax.data.paths import data_root
 from melodi_jax.data.vocab import VOCABULARIES, Vocabulary, get_vocabulary
 
 # recall.py (bytes): recall = language modelling on the recall documents, recallkeys = the same
-# documents with loss only on the key digits of the questions.
+# documents with loss only on what must be recalled (question key digits, echo repeats).
 CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir", "recall", "recallkeys")
 TASKS = tuple(f"{c}_{v}" for c in CORPORA for v in VOCABULARIES)
 
@@ -78,7 +78,7 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
     documents = tokens.load_documents(source, vocab, cache_dir=cache_dir)
     if corpus == "recallkeys":
         from melodi_jax.data import recall  # pylint: disable=g-import-not-at-top
-        documents = recall.with_key_digit_weights(documents, split, data_dir)
+        documents = recall.with_recall_weights(documents, split, data_dir)
     short = int(np.sum(documents.lengths() < window_length))
     if short:
         logging.warning("%s: %d of %d documents are shorter than one window (%d tokens); each "

@@ -20,13 +20,20 @@ budget a CPU can afford: k is drawn from 1..max(DISTANCES) with P(k) proportiona
 distances, where copying is learned first, are common; every k is seen), and the question is
 repeated every k windows up to TRAIN_SPAN windows after the statement, each repeat exactly k
 windows after the previous occurrence, so every repeat also needs a memory k windows deep. And
-a fraction ECHO_FRACTION of the train documents are "echo" documents: a snippet of 8..64 bytes
-of book text repeated up to ECHO_BYTES, where most tokens can be predicted by copying from one
-snippet back, across window boundaries too. They teach the copy (induction) circuit quickly, the
-way a dense copy task does; the key digits alone are too rare a signal for it: with a uniform k,
-one question per document and no echoes, 600 steps held ~6,000 key digits among 1.2M tokens and
-no model learned to copy at all (recall-v1, git history of results/recall.md), and neither did a
-Transformer-XL in 2,000 steps on the denser v2 documents without echoes.
+a fraction ECHO_FRACTION of the train documents are "echo" documents: runs of ECHO_RUN bytes,
+each a fresh snippet of 8..64 bytes of book text repeated, so that from a run's second snippet
+on every byte can be predicted by copying from one snippet back, across window boundaries too.
+They teach the copy (induction) circuit the way a dense copy task does; the key digits alone are
+too rare a signal for it: with a uniform k, one question per document and no echoes, 600 steps
+held ~6,000 key digits among 1.2M tokens and no model learned to copy at all (recall-v1, git
+history of results/recall.md), and neither did a Transformer-XL in 2,000 steps on the denser v2
+documents without echoes. A fresh snippet every run (recall-v3) rather than one snippet per
+document (v2): a lane then shows a new pattern every segment or two, as the copy probe's lanes
+do (results/copy_probe); with one snippet per document a lane shows one pattern for 8 segments,
+and a Transformer-XL pilot did not learn to copy from them.
+
+`recallkeys_bytes` trains on the tokens that must be recalled only (`RecallExample.recalled`):
+the key digits of every question and the echoes' repeats.
 Everything is deterministic in (split, books corpus).
 """
 
@@ -52,7 +59,8 @@ EXAMPLES_PER_DISTANCE = 64           # validation and test documents per k
 TRAIN_SPAN = max(DISTANCES)          # train documents: questions up to this many windows in
 ECHO_FRACTION = 0.5                  # train documents that are echoes (no key)
 ECHO_BYTES = 1024                    # an echo document's length
-VERSION = 'recall-v2'
+ECHO_RUN = 128                       # bytes of one snippet's repeats (a fresh snippet per run)
+VERSION = 'recall-v3'
 
 
 @dataclasses.dataclass(frozen=True)
@@ -66,6 +74,9 @@ class RecallExample:
   query_position: int  # first key digit of the question = key_position + k * window
   questions: int = 1   # the question is repeated every k windows (train documents); the first
                        # one is the scored one
+  periods: tuple[int, ...] = ()  # echo documents: the snippet length of each ECHO_RUN-byte run
+                                 # (in a run, each byte from the second snippet on repeats the
+                                 # byte one snippet before it); () for key documents
 
   @property
   def digit_positions(self) -> np.ndarray:
@@ -77,6 +88,17 @@ class RecallExample:
     """int[questions]: the first key digit of every question (the first one is query_position)."""
     return self.key_position + (self.query_position - self.key_position) * np.arange(
         1, self.questions + 1)
+
+
+def recalled(example: RecallExample) -> np.ndarray:
+  """bool[len(text)]: the tokens that can only be predicted by recalling an earlier one: the key
+  digits of every question, and each echo run's bytes from its second snippet on."""
+  mask = np.zeros(len(example.text), bool)
+  for at in example.question_positions:
+    mask[at:at + KEY_DIGITS] = True
+  for run, period in enumerate(example.periods):
+    mask[run * ECHO_RUN + period:(run + 1) * ECHO_RUN] = True
+  return mask
 
 
 def _filler(rng: np.random.Generator, pool: bytes, length: int) -> bytes:
@@ -117,11 +139,15 @@ def make_example(rng: np.random.Generator, pool: bytes, distance: int, name: str
 
 
 def make_echo(rng: np.random.Generator, pool: bytes, name: str) -> RecallExample:
-  """A train document without a key: a snippet of 8..64 bytes of filler repeated to ECHO_BYTES."""
-  snippet = _filler(rng, pool, int(rng.integers(8, 65)))
-  text = (snippet * (-(-ECHO_BYTES // len(snippet))))[:ECHO_BYTES]
-  return RecallExample(name, text, key='', distance=0, key_position=-1, query_position=-1,
-                       questions=0)
+  """A train document without a key: ECHO_BYTES / ECHO_RUN runs, each a fresh snippet of 8..64
+  bytes of filler repeated to ECHO_RUN bytes."""
+  text, periods = b'', []
+  for _ in range(-(-ECHO_BYTES // ECHO_RUN)):
+    snippet = _filler(rng, pool, int(rng.integers(8, 65)))
+    text += (snippet * (-(-ECHO_RUN // len(snippet))))[:ECHO_RUN]
+    periods.append(len(snippet))
+  return RecallExample(name, text[:ECHO_BYTES], key='', distance=0, key_position=-1,
+                       query_position=-1, questions=0, periods=tuple(periods))
 
 
 def train_distances(rng: np.random.Generator, count: int) -> np.ndarray:
@@ -173,14 +199,16 @@ def load_examples(split: str, data_dir: str | None = None) -> list[RecallExample
   return list(_cached_examples(split, data_dir))
 
 
-def with_key_digit_weights(documents, split: str, data_dir: str | None):
+def with_recall_weights(documents, split: str, data_dir: str | None):
   """`documents` (the recall documents of `split`, bytes vocabulary: a token is a byte) with
-  target weight 1 on the key digits of every question and 0 elsewhere (task `recallkeys_bytes`)."""
+  target weight 1 on the tokens that can only be predicted by recalling an earlier one
+  (`recalled`: question key digits, echo repeats), 0 elsewhere (task `recallkeys_bytes`). Book filler and the first snippet carry no loss: a target that no
+  copy predicts keeps a small model from forming its copy circuit (launch/experiments/README.md)."""
   weights = np.zeros(documents.tokens.shape, np.float32)
   for index, example in enumerate(load_examples(split, data_dir)):
     assert documents.names[index] == example.name, (documents.names[index], example.name)
-    for at in int(documents.offsets[index]) + example.question_positions:
-      weights[at:at + KEY_DIGITS] = 1.0
+    start = int(documents.offsets[index])
+    weights[start:start + len(example.text)] = recalled(example)
   return dataclasses.replace(documents, target_weights=weights)
 
 
@@ -191,7 +219,7 @@ def recall_source(split: str, data_dir: str | None = None):
   fingerprint = hashlib.sha256(
       f'{VERSION}\0{split}\0{books.fingerprint}\0{WINDOW}\0{DISTANCES}\0'
       f'{EXAMPLES_PER_DISTANCE}\0{TRAIN_DOCUMENTS}\0{TRAIN_SPAN}\0{ECHO_FRACTION}\0'
-      f'{ECHO_BYTES}'.encode()).hexdigest()
+      f'{ECHO_BYTES}\0{ECHO_RUN}'.encode()).hexdigest()
 
   def read() -> Iterator[tuple[str, bytes]]:
     for example in load_examples(split, data_dir):

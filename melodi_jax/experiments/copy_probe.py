@@ -7,10 +7,13 @@ budget (the recall test needs a copy circuit before any memory can help).
 Every lane is a random pattern of 8..64 lowercase letters repeated to the segment's end (a new
 pattern and length every step), so after the first period every token can be predicted by copying
 from one period back and by nothing else: the loss stays at ln 26 = 3.26 nats until the model
-forms an induction circuit (the period varies, so a fixed-offset head does not do it). Scored on
-the tokens after the first window; AdamW at a constant rate, the model's own batch shape
-(TrainConfig batch_size and segment_length). Prints the loss every --log_every steps and the first
-step whose loss is below --formed_below nats.
+forms an induction circuit (the period varies, so a fixed-offset head does not do it). Trained on
+the targets --loss_on names: `after_window` (default) the tokens after the first window, all
+copies; `copyable` every target that repeats the one a period back, first window included; `all`
+every target, so also the first period's, which nothing predicts. Scored on the tokens after the
+first window in every case. AdamW at a constant rate, the model's own batch shape (TrainConfig
+batch_size and segment_length). Prints the loss every --log_every steps and the first step whose
+loss is below --formed_below nats.
 """
 from __future__ import annotations
 
@@ -25,21 +28,39 @@ import numpy as np
 
 LETTERS = 26
 FIRST_LETTER = ord('a')
+LOSS_ON = ('after_window', 'copyable', 'all')
 
 
 def copy_batch(rng: np.random.Generator, batch_size: int, length: int,
-               periods: tuple[int, int] = (8, 64)) -> tuple[np.ndarray, np.ndarray]:
-  """(inputs, targets) int32[B, length]: each lane a random pattern repeated; targets shifted."""
+               periods: tuple[int, int] = (8, 64)
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+  """(inputs, targets, copyable): int32[B, length] each lane a random pattern repeated, targets
+  shifted by one; bool[B, length] whether a target repeats the token one period before it."""
   rows = np.zeros((batch_size, length + 1), np.int32)
+  copyable = np.zeros((batch_size, length), bool)
   for lane in range(batch_size):
     period = int(rng.integers(periods[0], periods[1] + 1))
     pattern = rng.integers(FIRST_LETTER, FIRST_LETTER + LETTERS, period)
     rows[lane] = np.tile(pattern, length // period + 2)[:length + 1]
-  return rows[:, :-1], rows[:, 1:]
+    copyable[lane, period - 1:] = True  # target t is token t + 1
+  return rows[:, :-1], rows[:, 1:], copyable
+
+
+def loss_weights(copyable: np.ndarray, window: int, loss_on: str) -> np.ndarray:
+  """float32[B, T]: the training loss weights of a copy batch (see the module doc)."""
+  if loss_on == 'after_window':
+    weights = np.zeros(copyable.shape, np.float32)
+    weights[:, window:] = 1.0  # after the first window every target is a copy
+    return weights
+  if loss_on == 'copyable':
+    return copyable.astype(np.float32)
+  if loss_on == 'all':
+    return np.ones(copyable.shape, np.float32)
+  raise ValueError(f'loss_on {loss_on!r} is not one of {LOSS_ON}')
 
 
 def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_rate: float,
-        log_every: int, formed_below: float, seed: int = 0) -> dict:
+        log_every: int, formed_below: float, seed: int = 0, loss_on: str = 'after_window') -> dict:
   import gin  # pylint: disable=g-import-not-at-top
   # Unlock a config an earlier run in this process finalized, before the imports below register
   # their configurables.
@@ -57,27 +78,26 @@ def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_
   memory = model.init_memory(batch)
   doc_start = np.zeros((batch, length // window), bool)
   doc_start[:, 0] = True
-  weights = np.zeros((batch, length), np.float32)
-  weights[:, window:] = 1.0  # after the first window: every target is a copy
-  inputs, _ = copy_batch(rng, batch, length)
+  inputs, _, _ = copy_batch(rng, batch, length)
   params = model.init(jax.random.key(seed), inputs, memory, doc_start)['params']
   optimizer = optax.adamw(learning_rate, b2=0.98)
   opt_state = optimizer.init(params)
 
   @jax.jit
-  def step(params, opt_state, inputs, targets):
+  def step(params, opt_state, inputs, targets, weights):
     def loss_fn(p):
       logits, _ = model.apply({'params': p}, inputs, memory, doc_start)
       nats = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-      return (nats * weights).sum() / weights.sum()
-    loss, grads = jax.value_and_grad(loss_fn)(params)
+      return (nats * weights).sum() / weights.sum(), nats[:, window:].mean()  # trained, scored
+    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
     updates, opt_state = optimizer.update(grads, opt_state, params)
     return optax.apply_updates(params, updates), opt_state, loss
 
   curve, formed, start = [], None, time.time()
   for i in range(1, steps + 1):
-    inputs, targets = copy_batch(rng, batch, length)
-    params, opt_state, loss = step(params, opt_state, inputs, targets)
+    inputs, targets, copyable = copy_batch(rng, batch, length)
+    params, opt_state, loss = step(params, opt_state, inputs, targets,
+                                   loss_weights(copyable, window, loss_on))
     if i % log_every == 0 or i == steps:
       loss = float(loss)
       curve.append({'step': i, 'loss': loss})
@@ -87,7 +107,7 @@ def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_
             f'elapsed {time.time() - start:.0f}s', flush=True)
   return {'gin_files': list(gin_files), 'bindings': list(bindings), 'steps': steps,
           'learning_rate': learning_rate, 'batch_size': batch, 'segment_length': length,
-          'seed': seed, 'formed_below': formed_below, 'formed_at_step': formed, 'curve': curve}
+          'seed': seed, 'loss_on': loss_on, 'formed_below': formed_below, 'formed_at_step': formed, 'curve': curve}
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -99,13 +119,15 @@ def main(argv: Sequence[str] | None = None) -> None:
   parser.add_argument('--log_every', type=int, default=100)
   parser.add_argument('--formed_below', type=float, default=1.0)
   parser.add_argument('--seed', type=int, default=0, help='parameters and patterns')
+  parser.add_argument('--loss_on', choices=LOSS_ON, default='after_window',
+                      help='the targets trained on (scored: after the first window)')
   parser.add_argument('--json', default=None, help='write the curve here')
   args = parser.parse_args(argv)
   if args.steps < 1 or args.log_every < 1:
     print('error: --steps and --log_every must be >= 1', file=sys.stderr)
     sys.exit(2)
   result = run(args.gin_file, args.gin_bindings, args.steps, args.learning_rate, args.log_every,
-               args.formed_below, args.seed)
+               args.formed_below, args.seed, args.loss_on)
   formed = result['formed_at_step']
   print(f'copy circuit formed (loss < {args.formed_below}) at step {formed}' if formed else
         f'copy circuit not formed in {args.steps} steps (loss never < {args.formed_below})')

@@ -492,12 +492,14 @@ def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 
       '',
       f'Machine: {machine()}',
       '',
-      'Task (melodi_jax/data/recall.py, `recall_bytes`): real book text (digits removed) in '
+      'Task (melodi_jax/data/recall.py): real book text (digits removed) in '
       'which a random 5-digit key is stated near the start ("the key is 48213.") and asked for '
       'again exactly k windows later ("the key is _____"), filler in between. Training (every '
-      'row from scratch, configs/experiments/recall.gin: same steps, optimizer and seed): key '
-      'documents with k ~ 1/k in 1..32 and the question repeated every k windows, and echo '
-      'documents (a book snippet repeated) that reward copying; loss on every byte. Cells: '
+      'row from scratch, configs/experiments/recall.gin: same task, batch shape, steps, '
+      'optimizer and seed): key documents with k ~ 1/k in 1..32 and the question repeated every '
+      'k windows, and echo documents (runs of a book snippet repeated) that reward copying; '
+      'loss (`recallkeys_bytes`) only on what must be recalled: the key digits of every question '
+      'and the echoes\' repeats (the book filler is context, not a target). Cells: '
       'accuracy of the 5 key digits predicted (argmax) with the question and the earlier digits '
       'given (teacher-forced); in parentheses the fraction of keys with all 5 digits right. '
       f'{first.get("examples_per_distance", "?")} test documents per k; scorer: '
