@@ -7,8 +7,9 @@ stated near the start and asked for again exactly k windows later.
 Positions are in bytes = tokens of the `bytes` vocabulary, measured from the document start
 (documents start at a window boundary in every lane, see lanes.py), so the question's digits sit
 exactly `k * WINDOW` tokens after the statement's digits, in the same place of their windows. The
-statement always ends inside window 0, so for every k >= 1 the key is further back than one
-window (beyond a one-window Transformer-XL cache of any single layer).
+statement always ends inside window 0. A key digit is predicted at the token before it, which is
+k * WINDOW - 1 tokens after the digit it must copy: k = 1 lies inside a one-window
+Transformer-XL cache (W keys back), every k >= 2 beyond what any single layer attends to.
 
 Filler comes from the books corpus of the same split (train/validation/test), ASCII only, with
 any "key is" in it rewritten and every digit removed, so that the only key in a document is its
@@ -32,7 +33,7 @@ document (v2): a lane then shows a new pattern every segment or two, as the copy
 do (results/copy_probe); with one snippet per document a lane shows one pattern for 8 segments,
 and a Transformer-XL pilot did not learn to copy from them.
 
-`recallkeys_bytes` trains on the tokens that must be recalled only (`RecallExample.recalled`):
+`recallkeys_bytes` trains on the tokens that must be recalled only (`recalled`):
 the key digits of every question and the echoes' repeats.
 Everything is deterministic in (split, books corpus).
 """
