@@ -203,8 +203,8 @@ def load_examples(split: str, data_dir: str | None = None) -> list[RecallExample
 def with_recall_weights(documents, split: str, data_dir: str | None):
   """`documents` (the recall documents of `split`, bytes vocabulary: a token is a byte) with
   target weight 1 on the tokens that can only be predicted by recalling an earlier one
-  (`recalled`: question key digits, echo repeats), 0 elsewhere (task `recallkeys_bytes`). Book filler and the first snippet carry no loss: a target that no
-  copy predicts keeps a small model from forming its copy circuit (launch/experiments/README.md)."""
+  (`recalled`: question key digits, echo repeats), 0 elsewhere (task `recallkeys_bytes`). Book
+  filler and each run's first snippet carry no loss (why: launch/experiments/README.md)."""
   weights = np.zeros(documents.tokens.shape, np.float32)
   for index, example in enumerate(load_examples(split, data_dir)):
     assert documents.names[index] == example.name, (documents.names[index], example.name)
