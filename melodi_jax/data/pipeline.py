@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from melodi_jax.data import sources, tokens
+from melodi_jax.data import mqar, sources, tokens
 from melodi_jax.data.errors import DataError
 from melodi_jax.data.lanes import LaneStream, check_shapes
 from melodi_jax.data.paths import data_root
@@ -18,7 +18,8 @@ from melodi_jax.data.vocab import VOCABULARIES, Vocabulary, get_vocabulary
 
 # recall.py (bytes): recall = language modelling on the recall documents, recallkeys = the same
 # documents with loss only on what must be recalled (question key digits, echo repeats).
-CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir", "recall", "recallkeys")
+# mqar.py (bytes): multi-query associative recall across windows, gin-configured (MQARConfig).
+CORPORA = sources.CORPORA + ("pg19", "synthetic", "text_dir", "recall", "recallkeys", "mqar")
 TASKS = tuple(f"{c}_{v}" for c in CORPORA for v in VOCABULARIES)
 
 
@@ -72,6 +73,11 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
         raise DataError(f"{task}: the recall task's key positions are byte offsets; use "
                         "recallkeys_bytes")
     vocab = get_vocabulary(vocabulary_name)
+    if corpus == "mqar":
+        return _mqar_lanes(task, split, vocabulary_name, vocab, batch_size=batch_size,
+                           segment_length=segment_length, window_length=window_length,
+                           train=train, seed=seed, shard_index=shard_index,
+                           num_shards=num_shards, state=state)
     source = sources.source_for("recall" if corpus == "recallkeys" else corpus, split,
                                 text_dir=text_dir, tfds_data_dir=tfds_data_dir, data_dir=data_dir)
     cache_dir = data_root(data_dir) / "cache" / "tokens"
@@ -90,3 +96,19 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
                         token_bytes=vocab.token_bytes, vocab_size=vocab.vocab_size, state=state,
                         task=task, vocabulary=vocab)
     return stream
+
+
+def _mqar_lanes(task: str, split: str, vocabulary_name: str, vocab: Vocabulary, *,
+                window_length: int, **lane_args) -> LaneStream:
+    """Lanes over the MQAR documents of the gin-bound `mqar.MQARConfig`."""
+    config = mqar.MQARConfig()
+    if vocabulary_name != "bytes":
+        raise DataError(f"{task}: the MQAR task's token ids are in the bytes vocabulary; use "
+                        "mqar_bytes")
+    if config.window_length != window_length:
+        raise DataError(f"MQARConfig.window_length = {config.window_length} but the model reads "
+                        f"windows of {window_length}: bind MQARConfig.window_length = "
+                        f"{window_length}")
+    return LaneStream(mqar.documents(config, split), window_length=window_length,
+                      token_bytes=vocab.token_bytes, vocab_size=vocab.vocab_size, task=task,
+                      vocabulary=vocab, **lane_args)

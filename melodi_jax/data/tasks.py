@@ -115,9 +115,10 @@ def register_text_dir(text_dir: str, vocabulary: str = "bytes") -> str:
 
 def register_all() -> list[str]:
     """Registers the fixed-name tasks; pg19 reads its TFDS copy from $TFDS_DATA_DIR. recallkeys
-    differs from recall only in its loss weights, which seqio's text features do not carry."""
+    differs from recall only in its loss weights, which seqio's text features do not carry;
+    mqar is token ids with loss weights, not text (melodi_jax.data.make_lanes reads it)."""
     return [_register(f"{corpus}_{vocabulary}", corpus, vocabulary)
-            for corpus in CORPORA if corpus not in ("text_dir", "recallkeys")
+            for corpus in CORPORA if corpus not in ("text_dir", "recallkeys", "mqar")
             for vocabulary in VOCABULARIES]
 
 
