@@ -65,7 +65,8 @@ def main(argv):
                              model.init_memory(batch), jnp.ones((batch, windows), bool))['params'],
       jax.random.key(0))
   params_sharding = partitioning.logical_shardings(boxed, mesh, rules)
-  runner = evaluator.Evaluator(model, mesh, params_sharding, spec)
+  runner = evaluator.Evaluator(model, mesh, params_sharding, spec,
+                               position_buckets=train_config.eval_position_buckets)
   stream = runner.open()  # data errors surface before the checkpoint is read
 
   checkpointer = checkpoints.Checkpointer(workdir, read_only=True)

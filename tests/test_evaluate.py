@@ -48,6 +48,13 @@ def test_user_text_files_twice_same_numbers_and_exact_bytes(trained_run):
               'segment_length', 'window_length', 'memory_floats_per_lane'):
     assert key in first
   assert first['step'] == 2 and first['complete'] and first['perplexity'] > 1
+  # Per-position buckets in the JSON (the default edges): they add up to the totals; the
+  # documents are shorter than 256 bytes, so every predicted token is in the first bucket.
+  assert [row['label'] for row in first['by_position']][:2] == ['[0, 256)', '[256, 1k)']
+  assert first['by_position'][0]['tokens'] == first['tokens']
+  assert sum(row['tokens'] for row in first['by_position'][1:]) == 0
+  assert first['by_position'][0]['nats'] == pytest.approx(first['tokens'] *
+                                                          first['nats_per_token'], rel=1e-6)
 
 
 def test_an_earlier_step_on_a_task_split(trained_run):

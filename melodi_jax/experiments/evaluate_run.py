@@ -85,7 +85,8 @@ def main(argv):
                              segment_length=run.train_config.segment_length,
                              window_length=run.model.window_length, train=False)
     if runner is None:  # one compiled eval step serves every task: the shapes are the same
-      runner = evaluator.Evaluator(run.model, run.mesh, run.params_sharding, spec)
+      runner = evaluator.Evaluator(run.model, run.mesh, run.params_sharding, spec,
+                                   position_buckets=run.train_config.eval_position_buckets)
     runner.spec, runner.max_batches = spec, cap
     result = runner.run(run.params, run.step, stream=inputs.open_stream(spec, None,
                                                                         run.model.vocab_size))

@@ -7,6 +7,7 @@ import dataclasses
 
 import gin
 
+from melodi_jax.train import positions
 from melodi_jax.train.errors import UserError
 
 
@@ -30,6 +31,9 @@ class TrainConfig:
   eval_every: int = 0                 # 0: no evaluation during training
   eval_batch_size: int | None = None  # None: batch_size
   eval_max_batches: int | None = None  # None: the whole split (the evaluation protocol)
+  # Per-position evaluation: lower edges of the document-position buckets after [0, first):
+  # the default gives [0, 256), [256, 1k), [1k, 4k), [4k, 16k), [16k, 64k), >= 64k.
+  eval_position_buckets: tuple[int, ...] = positions.DEFAULT_BOUNDARIES
 
   def validate(self):
     positive = ('num_steps', 'batch_size', 'segment_length', 'log_every', 'checkpoint_every',
@@ -40,6 +44,7 @@ class TrainConfig:
                         'your gin files or --gin_bindings')
     if self.eval_every < 0:
       raise UserError(f'TrainConfig.eval_every={self.eval_every} must be >= 0 (0 disables)')
+    positions.check_boundaries(self.eval_position_buckets)
     return self
 
   @property

@@ -1,19 +1,22 @@
 """The evaluation protocol, shared by `python -m melodi_jax.evaluate` and evals during training:
 lanes unshuffled, every document read to its end, memory carried across segments and reset at
-document starts (the model resets where `doc_start` is set); sums kept in float64 on the host."""
+document starts (the model resets where `doc_start` is set); sums kept in float64 on the host.
+Besides the totals, the same sums per bucket of document position (train/positions.py)."""
 from __future__ import annotations
 
 import dataclasses
 import json
 import math
 import os
+from collections.abc import Sequence
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
-from melodi_jax.train import inputs, metrics, partitioning
+from melodi_jax.train import inputs, metrics, partitioning, positions
 
 
 @dataclasses.dataclass
@@ -39,6 +42,10 @@ class EvalResult:
   memory_shapes: dict[str, list[int]]  # carried memory leaves, per lane (without B)
   protocol: str = ('lanes unshuffled; every document read to its end; memory carried across '
                    'segments and reset at document starts')
+  # The totals split by the predicted token's index inside its document (0 = the first token,
+  # never predicted): one dict per bucket with start, end (None: open), label, tokens, bytes
+  # (predicted bytes), nats, nats_per_token, bits_per_byte. Bucket sums add up to the totals.
+  by_position: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   def scalars(self) -> dict[str, float]:
     return {'nats_per_token': self.nats_per_token, 'perplexity': self.perplexity,
@@ -57,8 +64,11 @@ class Evaluator:
 
   def __init__(self, model, mesh, params_sharding, spec: inputs.StreamSpec, *,
                stream_factory: inputs.StreamFactory | None = None,
-               max_batches: int | None = None):
+               max_batches: int | None = None,
+               position_buckets: Sequence[int] = positions.DEFAULT_BOUNDARIES):
     self.model, self.spec, self.max_batches = model, spec, max_batches
+    self.position_buckets = positions.check_boundaries(position_buckets)
+    boundaries = np.asarray(self.position_buckets, np.int32)
     self._factory = stream_factory
     partitioning.check_batch_divides(spec.batch_size, mesh, 'the eval batch size')
     self._abstract_memory = jax.eval_shape(lambda: model.init_memory(spec.batch_size))
@@ -67,10 +77,18 @@ class Evaluator:
     self._init_memory = jax.jit(lambda: model.init_memory(spec.batch_size),
                                 out_shardings=memory_sharding)
 
-    def eval_step(params, memory, batch, token_bytes):
+    def eval_step(params, memory, batch, token_bytes, position):
+      """position int32[B, T]: document index of each target (train/positions.py)."""
       logits, memory = model.apply({'params': params}, batch['inputs'], memory,
                                    batch['doc_start'])
       sums = metrics.loss_sums(logits, batch['targets'], batch['loss_weights'], batch['bytes'])
+      bucket = jnp.sum(position[..., None] >= boundaries, axis=-1)              # int32[B, T]
+      in_bucket = jax.nn.one_hot(bucket, len(boundaries) + 1) * batch['loss_weights'][..., None]
+      nats = optax.softmax_cross_entropy_with_integer_labels(logits.astype(jnp.float32),
+                                                             batch['targets'])
+      sums['bucket_nats'] = jnp.einsum('bt,btk->k', nats, in_bucket)
+      sums['bucket_tokens'] = jnp.sum(in_bucket, axis=(0, 1))
+      sums['bucket_bytes'] = jnp.einsum('bt,btk->k', token_bytes[batch['targets']], in_bucket)
       # A document's first token has no target, but its bytes belong to the text read.
       first_tokens = batch['inputs'][:, ::spec.window_length]                # int32[B, N]
       sums['first_token_bytes'] = jnp.sum(jnp.where(batch['doc_start'],
@@ -81,7 +99,7 @@ class Evaluator:
     self._eval_step = jax.jit(
         eval_step,
         in_shardings=(params_sharding, memory_sharding, self._batch_sharding,
-                      partitioning.replicated(mesh)),
+                      partitioning.replicated(mesh), self._batch_sharding),
         out_shardings=(memory_sharding, partitioning.replicated(mesh)), donate_argnums=(1,))
 
   def open(self):
@@ -95,6 +113,9 @@ class Evaluator:
       token_bytes = np.ones([self.model.vocab_size], np.float32)
     token_bytes = jnp.asarray(token_bytes, jnp.float32)
     memory = self._init_memory()
+    lanes = self.spec.batch_size // jax.process_count()
+    tracker = positions.DocumentPositions(lanes, self.spec.segment_length,
+                                          self.spec.window_length)
     sums, batches, complete = [], 0, True
     while True:
       if self.max_batches is not None and batches >= self.max_batches:
@@ -105,14 +126,21 @@ class Evaluator:
         break
       if batch is None:  # this process has read all its documents, others have not
         batch = inputs.empty_batch(self.spec)
+      position = tracker.next(np.asarray(batch['doc_start']))
+      assert not np.any((position < 0) & (np.asarray(batch['loss_weights']) > 0)), (
+          'a weighted target before its lane\'s first doc_start: eval streams start every lane '
+          'at a document start')
+      position = jax.make_array_from_process_local_data(
+          self._batch_sharding, np.maximum(position, 0).astype(np.int32))
       memory, batch_sums = self._eval_step(
-          params, memory, inputs.global_batch(batch, self._batch_sharding), token_bytes)
+          params, memory, inputs.global_batch(batch, self._batch_sharding), token_bytes, position)
       sums.append(batch_sums)
       batches += 1
     keys = ('nats', 'tokens', 'bytes', 'first_token_bytes', 'documents')
     host_sums = jax.device_get(sums)
     totals = {k: float(np.sum([np.float64(s[k]) for s in host_sums])) for k in keys}
     nats_per_token = totals['nats'] / totals['tokens'] if totals['tokens'] else float('nan')
+    by_position = _bucket_rows(self.position_buckets, host_sums)
     floats, shapes = memory_sizes(self._abstract_memory, self.spec.batch_size)
     return EvalResult(
         task=self.spec.name, split=self.spec.split, step=int(step), tokens=totals['tokens'],
@@ -122,7 +150,23 @@ class Evaluator:
         bits_per_byte=metrics.bits_per_byte(totals['nats'], totals['bytes']), batches=batches,
         complete=complete, batch_size=self.spec.batch_size,
         segment_length=self.spec.segment_length, window_length=self.spec.window_length,
-        memory_floats_per_lane=floats, memory_shapes=shapes)
+        memory_floats_per_lane=floats, memory_shapes=shapes, by_position=by_position)
+
+
+def _bucket_rows(boundaries: Sequence[int], host_sums: list[dict]) -> list[dict[str, Any]]:
+  """One row per position bucket from the per-batch bucket sums (summed in float64)."""
+  def total(key):
+    return np.sum([np.asarray(s[key], np.float64) for s in host_sums], axis=0) if host_sums else (
+        np.zeros([len(boundaries) + 1]))
+  nats, tokens, num_bytes = total('bucket_nats'), total('bucket_tokens'), total('bucket_bytes')
+  rows = []
+  for k, (start, end) in enumerate(positions.bucket_edges(boundaries)):
+    rows.append({'start': start, 'end': end, 'label': positions.bucket_label(start, end),
+                 'tokens': float(tokens[k]), 'bytes': float(num_bytes[k]),
+                 'nats': float(nats[k]),
+                 'nats_per_token': float(nats[k] / tokens[k]) if tokens[k] else float('nan'),
+                 'bits_per_byte': metrics.bits_per_byte(float(nats[k]), float(num_bytes[k]))})
+  return rows
 
 
 def write_result(workdir: str, result: EvalResult) -> str:

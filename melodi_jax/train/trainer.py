@@ -247,7 +247,8 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
         text_dir=config.text_dir, tfds_data_dir=tfds_data_dir)
     eval_runner = evaluator.Evaluator(model, mesh, params_sharding, eval_spec,
                                       stream_factory=stream_factory,
-                                      max_batches=config.eval_max_batches)
+                                      max_batches=config.eval_max_batches,
+                                      position_buckets=config.eval_position_buckets)
     eval_runner.open()  # a missing eval split is reported now, not at the first eval
 
   # ---------------------------------------------------------------------------------------
