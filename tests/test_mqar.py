@@ -71,10 +71,19 @@ def test_train_documents_hold_whole_episodes_with_distinct_keys():
     for episode in eps:
       expected[episode.value_positions] = 1.0
       assert episode.value_positions[-1] < TINY.document_tokens - 1
+      region = episode.pairs * 2
+      last = episode.store + (2 * region if episode.distance == 0 else region) - 1
+      assert episode.store // W == last // W, 'a store (k = 0: and its query) is in one window'
+      if episode.distance:
+        assert episode.query == episode.store + episode.distance * W
       assert episode.distance in TINY.distances and episode.pairs in TINY.num_pairs
       seen.add(episode.distance)
     np.testing.assert_array_equal(weights, expected)
   assert seen == set(TINY.distances)
+  windows_with_two = sum(
+      len({e.store // W for e in eps if e.distance == 0}) < sum(e.distance == 0 for e in eps)
+      for eps in episodes)
+  assert windows_with_two > 0, 'k = 0 episodes are packed several to a window'
 
 
 def test_lanes_put_one_train_document_in_each_segment():

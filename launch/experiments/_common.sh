@@ -49,7 +49,7 @@ num_steps_of() {
   "$PYTHON" - "$@" <<'PY'
 import sys
 from melodi_jax.train import cli, config, optim  # noqa: F401
-from melodi_jax import models  # noqa: F401
+from melodi_jax import data, models  # noqa: F401  (data: MQARConfig and other data configurables)
 files = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--gin_file=')]
 bindings = [a.split('=', 1)[1] for a in sys.argv[1:] if a.startswith('--gin_bindings=')]
 cli.parse_gin(files, bindings, ['configs'])

@@ -21,9 +21,10 @@ a random offset o of window 0; test has `eval_documents` per (N, k) of `eval_pai
 `eval_pairs` x the train mix's `distances`.
 Train documents are `document_tokens` long (set it to the training segment: then every document
 is one segment, store and query of every episode lie in the same segment, and the loss's gradient
-reaches every memory write); each holds as many episodes as fit, one after the other, with the
-train mix of N and k, every key distinct within the document (earlier episodes' pairs are then
-distractors, never conflicting answers). Deterministic in (config, split).
+reaches every memory write); each holds as many episodes as fit, one after the other (k = 0
+episodes packed several to a window), with the train mix of N and k, every key distinct within
+the document (earlier episodes' pairs are then distractors, never conflicting answers). A store
+(and for k = 0 its query) never crosses a window boundary. Deterministic in (config, split).
 """
 
 from __future__ import annotations
@@ -179,31 +180,40 @@ def eval_document(rng: np.random.Generator, config: MQARConfig, n: int,
   return tokens, episode
 
 
+def _next_start(rng: np.random.Generator, at: int, w: int, length: int) -> int:
+  """Where a region of `length` tokens that must lie inside one window starts, at or after token
+  `at`: after a gap of 0..3 filler tokens in the current window if it fits there, else 0..3
+  tokens into the next window."""
+  room = w - at % w - length
+  if room >= 0:
+    return at + int(rng.integers(0, min(3, room) + 1))
+  return (at // w + 1) * w + int(rng.integers(0, min(3, w - length) + 1))
+
+
 def train_document(rng: np.random.Generator,
                    config: MQARConfig) -> tuple[np.ndarray, list[Episode]]:
-  """`document_tokens` tokens holding episodes of the train mix one after another (each store at
-  a window start plus a random offset), every key distinct within the document."""
+  """`document_tokens` tokens holding episodes of the train mix one after another, every key
+  distinct within the document. An episode's store (k >= 1) or its store and query (k = 0) lie
+  inside one window; the next episode starts right after the previous one's query (k = 0
+  episodes share a window when they fit), so the values to predict are dense."""
   w, kt = config.window_length, config.key_tokens
   tokens = _filler(rng, config, config.document_tokens)
   used: set[tuple[int, ...]] = set()
-  episodes, window = [], 0
+  episodes, at, misses = [], 0, 0
   capacity = config.key_vocab ** kt
-  while True:
+  while misses < 8:  # stop after 8 drawn episodes that did not fit in what is left
     n = int(rng.choice(config.num_pairs))
     k = int(rng.choice(config.distances))
-    span = episode_windows(config, n, k)
-    if window + span > config.document_tokens // w or len(used) + n + config.distractors > capacity:
-      break
     region = n * (kt + 1)
-    offset = int(rng.integers(0, w - (2 * region if k == 0 else region) + 1))
-    keys = _draw_keys(rng, config, n + config.distractors, used)
-    episode = _write_episode(tokens, rng, config, window * w + offset, n, k, keys[:n], keys[n:])
+    start = _next_start(rng, at, w, 2 * region if k == 0 else region)
+    end = start + (2 * region if k == 0 else k * w + region)  # one past the last value
     # The document's last token has no target: an episode never ends on it.
-    if episode.value_positions[-1] >= config.document_tokens - 1:
-      tokens[episode.store:] = _filler(rng, config, config.document_tokens - episode.store)
-      break
-    episodes.append(episode)
-    window += span
+    if end > config.document_tokens - 1 or len(used) + n + config.distractors > capacity:
+      misses += 1
+      continue
+    keys = _draw_keys(rng, config, n + config.distractors, used)
+    episodes.append(_write_episode(tokens, rng, config, start, n, k, keys[:n], keys[n:]))
+    at = end
   if not episodes:
     raise DataError('MQARConfig: no train episode fits MQARConfig.document_tokens; raise it')
   return tokens, episodes

@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Multi-query associative recall across windows (melodi_jax/data/mqar.py): every row is the small
+# model with its memory kind (configs/experiments/memory_recall/<row>.gin), trained from scratch
+# with the same data, steps, optimizer and seed in two curriculum stages:
+#   1. <row>_k0: store and query in the same window (k = 0) only, so the in-window recall circuit
+#      forms first (configs/experiments/memory_recall/stage_k0.gin);
+#   2. <row>: warm-started from stage 1 (--init_from), the train mix of k = 0..7 windows, every
+#      episode inside one training segment (so the loss's gradient reaches every memory write).
+# Then each row is scored on the test grid (N in {1, 4, 16} x k in {0, 1, 2, 4, 8, 16, 32, 64},
+# memory carried across segments), its gates and attention mass on memory are measured, its small
+# outputs are copied to $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them
+# without retraining), and $OUT_DIR/memory_recall.md + plots are written.
+# Resumable: finished stages, scores and measurements are skipped; an interrupted run resumes.
+#   bash launch/experiments/memory_recall.sh
+#   SMOKE=1 bash launch/experiments/memory_recall.sh          # the pipeline in minutes
+#   MODELS="vanilla transformer_xl" bash launch/experiments/memory_recall.sh
+#   REPORT_ONLY=1 bash launch/experiments/memory_recall.sh    # the report from committed outputs
+source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
+ALL_ROWS=(vanilla transformer_xl block_recurrent memorizing_dense memorizing_topk memlong melodi
+          melodi_short_only melodi_long_only)
+read -r -a ROWS <<< "${MODELS:-${ALL_ROWS[*]}}"
+EXP_DIR="$RUNS_ROOT/memory_recall"
+if [ "$SMOKE" = 1 ]; then OUT_DIR="$RUNS_ROOT/results"; SCORE_CAP=(--documents=2)
+else OUT_DIR="${OUT_DIR:-results}"; SCORE_CAP=(); fi
+SAVED="$OUT_DIR/memory_recall"
+
+if [ "${REPORT_ONLY:-0}" != 1 ]; then
+  log "memory_recall: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE)"
+  for row in "${ROWS[@]}"; do
+    gin="experiments/memory_recall/$row.gin"
+    train_row "${row}_k0" "$gin" --gin_file=experiments/memory_recall/stage_k0.gin "$@"
+    if [ "$(latest_step "$EXP_DIR/$row")" -eq 0 ]; then
+      warm=(--init_from="$EXP_DIR/${row}_k0")   # a new stage-2 run starts from stage 1
+    else
+      warm=()                                   # a started one resumes from its checkpoint
+    fi
+    train_row "$row" "$gin" "${warm[@]}" "$@"
+    workdir="$EXP_DIR/$row"
+    step="$(latest_step "$workdir")"
+    if [ ! -f "$workdir/eval/mqar_test_$step.json" ] || [ "$SMOKE" = 1 ]; then
+      log "$row: scoring the test grid"
+      "$PYTHON" -m melodi_jax.experiments.memory_recall.score --workdir="$workdir" --split=test \
+        --force "${SCORE_CAP[@]}" 2>>"$workdir/eval.log" | tail -n 3
+    fi
+    "$PYTHON" -m melodi_jax.experiments.evaluate_run --workdir="$workdir" --evals= \
+      >>"$workdir/eval.log" 2>&1   # model_stats.json (parameters, memory floats per lane)
+    usage="$workdir/memory_usage.json"   # gates and attention mass on memory, final step
+    if ! grep -q "\"step\": $step," "$usage" 2>/dev/null; then
+      log "$row: measuring memory use"
+      "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$workdir" --json \
+        --split=validation --batches="${MEMORY_USAGE_BATCHES:-8}" > "$usage.tmp" \
+        2>>"$workdir/eval.log"
+      mv "$usage.tmp" "$usage"
+    fi
+    # The small outputs a later session needs to rebuild the report without retraining.
+    mkdir -p "$SAVED/$row"
+    for stage in "${row}_k0" "$row"; do
+      mkdir -p "$SAVED/$row/$stage"
+      cp "$EXP_DIR/$stage/config.gin" "$EXP_DIR/$stage/train_metrics.jsonl" "$SAVED/$row/$stage/"
+      cp "$EXP_DIR/$stage/train_wall.jsonl" "$SAVED/$row/$stage/" 2>/dev/null || true
+      cp "$EXP_DIR/$stage"/eval/mqar_bytes_validation_*.json "$SAVED/$row/$stage/" 2>/dev/null || true
+    done
+    cp "$workdir/eval/mqar_test_$step.json" "$workdir/model_stats.json" "$usage" "$SAVED/$row/"
+  done
+fi
+"$PYTHON" -m melodi_jax.experiments.memory_recall.report --saved="$SAVED" --out="$OUT_DIR" \
+  --rows="$(IFS=,; echo "${ROWS[*]}")" --command="$COMMAND_LINE"
+log "memory_recall: done -> $OUT_DIR/memory_recall.md"

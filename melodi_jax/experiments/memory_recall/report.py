@@ -1,0 +1,260 @@
+"""results/memory_recall.md and its plots, from the small outputs each row saved:
+
+  python -m melodi_jax.experiments.memory_recall.report --saved=results/memory_recall \
+      --out=results --rows=vanilla,transformer_xl,... --command="..."
+
+Reads <saved>/<row>/ (mqar_test_<step>.json from score.py, model_stats.json, memory_usage.json,
+and <row>_k0/ + <row>/ with each curriculum stage's config.gin and train_metrics.jsonl), so the
+report rebuilds without the training folders.
+"""
+from __future__ import annotations
+
+import glob
+import json
+import os
+import re
+from typing import Any, Sequence
+
+from absl import flags
+
+from melodi_jax.experiments.report import LABELS, _style, git_commit, machine
+from melodi_jax.train import cli
+
+
+def _read_json(path: str) -> Any:
+  with open(path, encoding='utf-8') as f:
+    return json.load(f)
+
+
+def _gin_value(config_text: str, name: str) -> str | None:
+  match = re.search(rf'^{re.escape(name)} = (.+)$', config_text, re.MULTILINE)
+  return match.group(1).strip() if match else None
+
+
+def reach(config_text: str) -> tuple[str, float | None]:
+  """(how far back the model can see, in words; the windows beyond which it cannot recall by
+  attention alone, None for no fixed horizon) from a run's operative config.gin."""
+  stack = _gin_value(config_text, 'ModelConfig.stack') or ''
+  window = int(_gin_value(config_text, 'ModelConfig.window_length'))
+  layers = int(_gin_value(config_text, 'ModelConfig.num_layers'))
+  xl = layers * window
+  xl_text = (f'sliding window: each of {layers} layers sees the {window} tokens before a token, '
+             f'so at most {xl} tokens = {layers} windows back')
+
+  def value(name: str) -> int:
+    return int(_gin_value(config_text, name))
+
+  if 'VanillaStack' in stack:
+    return f'attention inside the window only: nothing before the window ({window} tokens)', 0
+  if 'TransformerXLStack' in stack:
+    return xl_text, layers
+  if 'MemorizingStack' in stack:
+    slots = value('MemorizingStack.memory_slots')
+    top_k = value('MemorizingStack.top_k')
+    lookup = f'top-{top_k}' if top_k else 'dense'
+    return (f'{xl_text}; plus a {lookup} lookup over the last {slots} keys/values of layer '
+            f'{value("MemorizingStack.memory_layer")} = {slots // window} windows'), slots // window
+  if 'MemLongStack' in stack:
+    chunks = value('MemLongStack.chunks')
+    return (f'{xl_text}; plus the top-{value("MemLongStack.top_k")} of the last {chunks} windows '
+            f'(chunks) retrieved'), chunks
+  if 'BlockRecurrentStack' in stack:
+    return (f'{xl_text}; plus {value("BlockRecurrentStack.num_states")} recurrent states carried '
+            'window to window (compressive, no fixed horizon)'), None
+  if 'MelodiStack' in stack:
+    short = value('MelodiStack.short_term_slots')
+    long_layers = _gin_value(config_text, 'MelodiStack.long_term_layers') or '()'
+    slots, increment = value('MelodiStack.long_term_slots'), value('MelodiStack.long_term_increment')
+    parts = []
+    if short:
+      parts.append(f'short-term memory of {short} tokens per layer carried window to window '
+                   '(compressive, no fixed horizon)')
+    if long_layers.strip('() ,'):
+      parts.append(f'a long-term FIFO of {slots} slots ({increment} per window) = the last '
+                   f'{slots // increment} windows')
+    horizon = None if short else (slots // increment if long_layers.strip('() ,') else 0)
+    return '; '.join(parts) or 'no memory', horizon
+  return f'{stack}: see its config', None
+
+
+def load_row(saved: str, row: str) -> dict | None:
+  """The saved outputs of one row, or None when it has not finished."""
+  folder = os.path.join(saved, row)
+  scores = sorted(glob.glob(os.path.join(folder, 'mqar_test_*.json')),
+                  key=lambda p: int(re.findall(r'(\d+)\.json$', p)[0]))
+  if not scores:
+    return None
+  with open(os.path.join(folder, row, 'config.gin'), encoding='utf-8') as f:
+    config_text = f.read()
+  stages = {}
+  for stage in (f'{row}_k0', row):
+    path = os.path.join(folder, stage, 'train_metrics.jsonl')
+    with open(path, encoding='utf-8') as f:
+      metrics = [json.loads(line) for line in f if line.strip()]
+    walls = []
+    wall_path = os.path.join(folder, stage, 'train_wall.jsonl')
+    if os.path.isfile(wall_path):
+      with open(wall_path, encoding='utf-8') as f:
+        walls = [json.loads(line) for line in f if line.strip()]
+    stages[stage] = {'metrics': [m for m in metrics if 'loss' in m],
+                     'seconds': sum(w['seconds'] for w in walls)}
+  usage_path = os.path.join(folder, 'memory_usage.json')
+  return {'row': row, 'score': _read_json(scores[-1]), 'config': config_text,
+          'stats': _read_json(os.path.join(folder, 'model_stats.json')),
+          'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {},
+          'stages': stages}
+
+
+def _cell_table(data: dict) -> list[str]:
+  cells = data['score']['cells']
+  distances = sorted({c['distance'] for c in cells})
+  pairs = sorted({c['pairs'] for c in cells})
+  by = {(c['pairs'], c['distance']): c for c in cells}
+  lines = ['| N \\ k | ' + ' | '.join(str(k) for k in distances) + ' |',
+           '|---|' + '---|' * len(distances)]
+  for n in pairs:
+    row = []
+    for k in distances:
+      c = by.get((n, k))
+      row.append(f'{c["accuracy"]:.2f} ± {c["standard_error"]:.2f}' if c else 'n/a')
+    lines.append(f'| {n} | ' + ' | '.join(row) + ' |')
+  return lines
+
+
+def _usage_text(usage: dict) -> str:
+  if not usage:
+    return 'not measured'
+  gates = '; '.join(f'{name} 1 - g = {g["memory_weight"]:.3f} ({g["min"]:.2f}..{g["max"]:.2f})'
+                    for name, g in usage.get('gates', {}).items())
+  masses = '; '.join(
+      f'{name.split("/")[-2] if "/" in name else name} {mass:.2f} (uniform '
+      f'{usage["uniform_mass_on_memory"][name]:.2f})'
+      for name, mass in usage.get('attention_mass_on_memory', {}).items())
+  return (f'gates (weight on memory): {gates or "none"}. Self-attention mass on memory keys: '
+          f'{masses or "none"}.')
+
+
+def plot(rows: Sequence[dict], path: str, chance: float) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  pairs = sorted({c['pairs'] for data in rows for c in data['score']['cells']})
+  fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), sharey=True, squeeze=False)
+  for ax, n in zip(axes[0], pairs):
+    for data in rows:
+      cells = sorted((c for c in data['score']['cells'] if c['pairs'] == n),
+                     key=lambda c: c['distance'])
+      ax.errorbar([c['distance'] for c in cells], [c['accuracy'] for c in cells],
+                  yerr=[c['standard_error'] for c in cells], capsize=2,
+                  label=LABELS.get(data['row'], data['row']), **_style(data['row']))
+    ax.axhline(chance, color='gray', linestyle=':', label=f'chance ({chance:.3f})')
+    ax.set_xscale('symlog', linthresh=1)
+    ax.set_xlabel('k: windows between store and query')
+    ax.set_title(f'N = {n} pairs')
+    ax.set_ylim(-0.02, 1.02)
+  axes[0][0].set_ylabel('value accuracy (test)')
+  axes[0][-1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_training(rows: Sequence[dict], path: str) -> None:
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  fig, ax = plt.subplots(figsize=(7, 4))
+  for data in rows:
+    offset = 0
+    for stage, info in data['stages'].items():
+      steps = [m['step'] + offset for m in info['metrics']]
+      ax.plot(steps, [m['loss'] for m in info['metrics']],
+              label=LABELS.get(data['row'], data['row']) if stage == data['row'] else None,
+              color=_style(data['row'])['color'], linewidth=1)
+      offset = steps[-1] if steps else offset
+  ax.set_xlabel('step (stage 1, k = 0, then stage 2)')
+  ax.set_ylabel('train loss on the query values (nats)')
+  ax.legend(fontsize=7)
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
+  loaded = [data for data in (load_row(saved, row) for row in rows) if data]
+  missing = [row for row in rows if row not in {d['row'] for d in loaded}]
+  if not loaded:
+    raise cli.UserError(f'no finished row under {saved}: run launch/experiments/memory_recall.sh')
+  first = loaded[0]
+  config = first['score']['config']
+  chance = first['score']['chance']
+  os.makedirs(out, exist_ok=True)
+  plot(loaded, os.path.join(out, 'memory_recall.png'), chance)
+  plot_training(loaded, os.path.join(out, 'memory_recall_training.png'))
+  stage1 = first['stages'][f'{first["row"]}_k0']['metrics']
+  stage2 = first['stages'][first['row']]['metrics']
+  text = [
+      '# Multi-query associative recall across windows',
+      '',
+      f'Generated by `{command}` (report: `python -m melodi_jax.experiments.memory_recall.report`'
+      f' from the saved outputs in `{saved}`), commit {git_commit()}, {machine()}.',
+      '',
+      f'Task (`melodi_jax/data/mqar.py`, {config["window_length"]}-token windows): N key -> value '
+      f'pairs stored, then queried in a new order exactly k windows later (k = 0: right after, in '
+      f'the same window); keys, values and filler from disjoint sets of {config["key_vocab"]}, '
+      f'{config["value_vocab"]} and {config["filler_vocab"]} token ids. Score: a value is recalled '
+      f'when the argmax over the whole vocabulary at its key is that value (teacher-forced), '
+      f'accuracy per (N, k) = mean over {config["eval_documents"]} test documents ± its standard '
+      f'error; chance = 1 / {config["value_vocab"]} = {chance:.3f}. Each test document is read '
+      'from its start segment by segment with the memory carried (reset at the document start).',
+      '',
+      f'Training (every row the same): stage 1, {stage1[-1]["step"] if stage1 else "?"} steps of '
+      f'k = 0 only; stage 2, warm-started from it, {stage2[-1]["step"] if stage2 else "?"} steps '
+      f'of k in {config["distances"]}; N in {config["num_pairs"]}; '
+      f'{first["score"]["segment_length"]}-token segments, one train document per segment (so '
+      'the loss reaches every memory write); loss on the query values only. Model and optimizer: '
+      'the operative config.gin saved with each row.',
+      '',
+  ]
+  if missing:
+    text += [f'Rows not finished yet: {", ".join(missing)}.', '']
+  text += ['| model | reach (how far back it can see) | memory floats / lane | k = 0, N = 4 | '
+           'train time |', '|---|---|---|---|---|']
+  for data in loaded:
+    note, _ = reach(data['config'])
+    by = {(c['pairs'], c['distance']): c for c in data['score']['cells']}
+    k0 = by.get((4, 0))
+    k0_text = f'{k0["accuracy"]:.2f} ± {k0["standard_error"]:.2f}' if k0 else 'n/a'
+    seconds = sum(s['seconds'] for s in data['stages'].values())
+    floats = data['stats'].get('memory_floats_per_lane', {})
+    floats = floats.get('floats') if isinstance(floats, dict) else floats
+    text.append(f'| {LABELS.get(data["row"], data["row"])} | {note} | '
+                f'{floats if floats is not None else "—"} | {k0_text} | {seconds / 60:.0f} min |')
+  text += ['', '![accuracy per k](memory_recall.png)', '',
+           '![training loss](memory_recall_training.png)', '']
+  for data in loaded:
+    text += [f'## {LABELS.get(data["row"], data["row"])}', '',
+             f'Reach: {reach(data["config"])[0]}. Step {data["score"]["step"]}.', '']
+    text += _cell_table(data)
+    text += ['', _usage_text(data['usage']), '']
+  path = os.path.join(out, 'memory_recall.md')
+  with open(path + '.tmp', 'w', encoding='utf-8') as f:
+    f.write('\n'.join(text) + '\n')
+  os.replace(path + '.tmp', path)
+  return path
+
+
+flags.DEFINE_string('saved', 'results/memory_recall', 'Folder of the rows\' saved outputs.')
+flags.DEFINE_string('out', 'results', 'Where memory_recall.md and its plots go.')
+flags.DEFINE_list('rows', list(LABELS), 'Rows, in table order.')
+flags.DEFINE_string('command', 'bash launch/experiments/memory_recall.sh', 'The command to cite.')
+FLAGS = flags.FLAGS
+
+
+def main(argv: Sequence[str]) -> None:
+  del argv
+  print(f'-> {write(FLAGS.saved, FLAGS.out, FLAGS.rows, FLAGS.command)}')
+
+
+if __name__ == '__main__':
+  cli.run(main)

@@ -1,0 +1,70 @@
+"""The memory_recall report rebuilds from saved row outputs alone (no training folders)."""
+
+import json
+import os
+
+from melodi_jax.experiments.memory_recall import report
+
+CONFIG = {'window_length': 64, 'key_vocab': 64, 'value_vocab': 64, 'filler_vocab': 64,
+          'eval_documents': 4, 'distances': [0, 1], 'num_pairs': [1, 4]}
+GIN = {
+    'vanilla': 'ModelConfig.stack = @VanillaStack()\n',
+    'transformer_xl': 'ModelConfig.stack = @TransformerXLStack()\n',
+    'memorizing_dense': ('ModelConfig.stack = @MemorizingStack()\nMemorizingStack.memory_slots = '
+                         '2048\nMemorizingStack.top_k = 0\nMemorizingStack.memory_layer = 2\n'),
+    'melodi_long_only': ('ModelConfig.stack = @MelodiStack()\nMelodiStack.short_term_slots = 0\n'
+                         'MelodiStack.long_term_layers = (2,)\nMelodiStack.long_term_slots = 256\n'
+                         'MelodiStack.long_term_increment = 8\n'),
+}
+
+
+def _write(path, text):
+  os.makedirs(os.path.dirname(path), exist_ok=True)
+  with open(path, 'w', encoding='utf-8') as f:
+    f.write(text if isinstance(text, str) else json.dumps(text))
+
+
+def _saved_row(saved, row, accuracy):
+  gin = GIN[row] + 'ModelConfig.window_length = 64\nModelConfig.num_layers = 4\n'
+  for stage, steps in ((f'{row}_k0', 20), (row, 40)):
+    _write(os.path.join(saved, row, stage, 'config.gin'), gin)
+    _write(os.path.join(saved, row, stage, 'train_metrics.jsonl'),
+           ''.join(json.dumps({'step': s, 'loss': 4.0 - s / 20}) + '\n' for s in (steps // 2, steps)))
+    _write(os.path.join(saved, row, stage, 'train_wall.jsonl'), json.dumps({'seconds': 60.0}) + '\n')
+  cells = [{'pairs': n, 'distance': k, 'documents': 4, 'accuracy': accuracy(k),
+            'standard_error': 0.01, 'source_windows': {str(k): [1, 1]}}
+           for n in (1, 4) for k in (0, 1, 8)]
+  _write(os.path.join(saved, row, 'mqar_test_40.json'),
+         {'step': 40, 'chance': 1 / 64, 'segment_length': 512, 'config': CONFIG, 'cells': cells})
+  _write(os.path.join(saved, row, 'model_stats.json'),
+         {'memory_floats_per_lane': {'floats': 1234}})
+  _write(os.path.join(saved, row, 'memory_usage.json'),
+         {'gates': {'decoder/layer_2/attention': {'memory_weight': 0.7, 'min': 0.6, 'max': 0.8}},
+          'attention_mass_on_memory': {}, 'uniform_mass_on_memory': {}})
+
+
+def test_report_from_saved_rows(tmp_path):
+  saved, out = str(tmp_path / 'saved'), str(tmp_path / 'out')
+  _saved_row(saved, 'vanilla', lambda k: 1.0 if k == 0 else 0.02)
+  _saved_row(saved, 'memorizing_dense', lambda k: 0.97)
+  path = report.write(saved, out, ['vanilla', 'memorizing_dense', 'melodi'], 'cmd')
+  text = open(path, encoding='utf-8').read()
+  assert 'Rows not finished yet: melodi.' in text
+  assert '| 4 | 1.00 ± 0.01 | 0.02 ± 0.01 | 0.02 ± 0.01 |' in text  # vanilla, N = 4 row
+  assert '| 1234 | 0.97 ± 0.01 | 2 min |' in text
+  assert 'dense lookup over the last 2048 keys/values of layer 2 = 32 windows' in text
+  assert 'weight on memory' in text and '1 - g = 0.700' in text
+  for plot in ('memory_recall.png', 'memory_recall_training.png'):
+    assert os.path.getsize(os.path.join(out, plot)) > 1000
+
+
+def test_reach_from_the_operative_config():
+  assert report.reach(GIN['vanilla'] + 'ModelConfig.window_length = 64\n'
+                      'ModelConfig.num_layers = 4\n')[1] == 0
+  assert report.reach(GIN['transformer_xl'] + 'ModelConfig.window_length = 64\n'
+                      'ModelConfig.num_layers = 4\n') == (
+      'sliding window: each of 4 layers sees the 64 tokens before a token, so at most 256 tokens '
+      '= 4 windows back', 4)
+  note, horizon = report.reach(GIN['melodi_long_only'] + 'ModelConfig.window_length = 64\n'
+                               'ModelConfig.num_layers = 4\n')
+  assert horizon == 32 and 'FIFO of 256 slots (8 per window)' in note and 'short' not in note
