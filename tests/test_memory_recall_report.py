@@ -47,13 +47,23 @@ def test_report_from_saved_rows(tmp_path):
   saved, out = str(tmp_path / 'saved'), str(tmp_path / 'out')
   _saved_row(saved, 'vanilla', lambda k: 1.0 if k == 0 else 0.02)
   _saved_row(saved, 'memorizing_dense', lambda k: 0.97)
-  path = report.write(saved, out, ['vanilla', 'memorizing_dense', 'melodi'], 'cmd')
+  _saved_row(saved, 'transformer_xl', lambda k: 0.5 if k == 8 else 0.97)
+  path = report.write(saved, out, ['vanilla', 'memorizing_dense', 'transformer_xl', 'melodi'],
+                      'cmd')
   text = open(path, encoding='utf-8').read()
   assert 'Rows not finished yet: melodi.' in text
   assert '| 4 | 1.00 ± 0.01 | 0.02 ± 0.01 | 0.02 ± 0.01 |' in text  # vanilla, N = 4 row
   assert '| 1234 | 0.97 ± 0.01 | 2 min |' in text
   assert 'dense lookup over the last 2048 keys/values of layer 2 = 32 windows' in text
   assert 'weight on memory' in text and '1 - g = 0.700' in text
+  # Expectations are checked against the measured cells.
+  assert ('- at chance (within 3 standard errors of 0.016) for every k beyond its reach (k > 0): '
+          '**does not hold**' not in text)
+  assert '- >= 0.9 at every k inside its buffer (1..32): **holds**' in text
+  assert 'k = 0, N = 4 >= 0.95 (the in-window recall circuit formed): **holds** (1.000)' in text
+  xl = text[text.index('## Transformer-XL'):]
+  assert ('at chance (within 3 standard errors of 0.016) for every k beyond its reach (k > 4): '
+          '**does not hold** (highest 0.500 ± 0.010 at N = 1, k = 8)') in xl
   for plot in ('memory_recall.png', 'memory_recall_training.png'):
     assert os.path.getsize(os.path.join(out, plot)) > 1000
 

@@ -134,6 +134,79 @@ def _usage_text(usage: dict) -> str:
           f'{masses or "none"}.')
 
 
+def by_windows_back(data: dict) -> dict[int, tuple[float, int]]:
+  """{whole windows between a query and its stored value: (accuracy, queries)}, all cells pooled."""
+  pooled: dict[int, list[float]] = {}
+  for cell in data['score']['cells']:
+    for back, (hits, count) in cell['source_windows'].items():
+      entry = pooled.setdefault(int(back), [0.0, 0.0])
+      entry[0] += hits
+      entry[1] += count
+  return {back: (hits / count, int(count)) for back, (hits, count) in sorted(pooled.items())}
+
+
+def _above_chance(cell: dict, chance: float) -> bool:
+  return cell['accuracy'] > chance + 3 * cell['standard_error']
+
+
+def expectations(data: dict, chance: float) -> list[str]:
+  """What the row is expected to show (from its reach) and whether the measured cells show it."""
+  row, cells = data['row'], data['score']['cells']
+  by = {(c['pairs'], c['distance']): c for c in cells}
+  _, horizon = reach(data['config'])
+  layers = int(_gin_value(data['config'], 'ModelConfig.num_layers'))
+  lines = []
+
+  def check(claim: str, ok: bool, detail: str) -> None:
+    lines.append(f'- {claim}: **{"holds" if ok else "does not hold"}** ({detail}).')
+
+  k0 = by.get((4, 0))
+  if k0:
+    check('k = 0, N = 4 >= 0.95 (the in-window recall circuit formed)', k0['accuracy'] >= 0.95,
+          f'{k0["accuracy"]:.3f}')
+  far = [c for c in cells if horizon is not None and c['distance'] > horizon]
+  if row == 'vanilla':
+    far = [c for c in cells if c['distance'] >= 1]
+  if far:
+    worst = max(far, key=lambda c: c['accuracy'])
+    check(f'at chance (within 3 standard errors of {chance:.3f}) for every k beyond its reach '
+          f'(k > {horizon if row != "vanilla" else 0})', not any(_above_chance(c, chance)
+                                                                for c in far),
+          f'highest {worst["accuracy"]:.3f} ± {worst["standard_error"]:.3f} at N = '
+          f'{worst["pairs"]}, k = {worst["distance"]}')
+  if row == 'transformer_xl':
+    back = by_windows_back(data)
+    if 0 in back or 1 in back:
+      near = [back[b] for b in (0,) if b in back]
+      acc, count = near[0] if near else (float('nan'), 0)
+      check('>= 0.95 on the values less than one window back (inside one layer\'s W-token span)',
+            acc >= 0.95, f'{acc:.3f} over {count} queries')
+    beyond = {b: v for b, v in back.items() if b >= layers}
+    if beyond:
+      acc = sum(a * n for a, n in beyond.values()) / sum(n for _, n in beyond.values())
+      check(f'at chance on values {layers} or more windows back (beyond L x W)',
+            acc < chance * 3, f'{acc:.3f} pooled')
+  if row.startswith('memorizing') or row == 'memlong':
+    inside = [c for c in cells if 1 <= c['distance'] <= (horizon or 0)]
+    if inside:
+      worst = min(inside, key=lambda c: c['accuracy'])
+      check(f'>= 0.9 at every k inside its buffer (1..{horizon})',
+            all(c['accuracy'] >= 0.9 for c in inside),
+            f'lowest {worst["accuracy"]:.3f} at N = {worst["pairs"]}, k = {worst["distance"]}')
+  if row == 'melodi':
+    span = 32  # the long-term FIFO's windows (reach() of the long-term part)
+    match = re.search(r'= the last (\d+) windows', reach(data['config'])[0])
+    span = int(match.group(1)) if match else span
+    inside = [c for c in cells if c['pairs'] == 1 and 1 <= c['distance'] <= span]
+    if inside:
+      worst = min(inside, key=lambda c: c['accuracy'] - 3 * c['standard_error'])
+      check(f'N = 1 above chance + 3 standard errors at every k up to the FIFO span ({span})',
+            all(_above_chance(c, chance) for c in inside),
+            f'weakest {worst["accuracy"]:.3f} ± {worst["standard_error"]:.3f} at k = '
+            f'{worst["distance"]}')
+  return lines
+
+
 def plot(rows: Sequence[dict], path: str, chance: float) -> None:
   import matplotlib  # pylint: disable=g-import-not-at-top
   matplotlib.use('Agg')
@@ -236,6 +309,11 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     text += [f'## {LABELS.get(data["row"], data["row"])}', '',
              f'Reach: {reach(data["config"])[0]}. Step {data["score"]["step"]}.', '']
     text += _cell_table(data)
+    back = by_windows_back(data)
+    text += ['', 'Accuracy by how far back the value is (whole windows between the query\'s key '
+             'and the stored value; every N and k pooled): ' + ', '.join(
+                 f'{b}: {acc:.2f} ({count})' for b, (acc, count) in back.items()) + '.', '']
+    text += expectations(data, chance)
     text += ['', _usage_text(data['usage']), '']
   path = os.path.join(out, 'memory_recall.md')
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
