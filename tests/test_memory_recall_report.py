@@ -78,3 +78,17 @@ def test_reach_from_the_operative_config():
   note, horizon = report.reach(GIN['melodi_long_only'] + 'ModelConfig.window_length = 64\n'
                                'ModelConfig.num_layers = 4\n')
   assert horizon == 32 and 'FIFO of 256 slots (8 per window)' in note and 'short' not in note
+
+
+def test_probe_read_out_recovers_a_linear_code_and_not_noise():
+  import numpy as np
+  from melodi_jax.experiments.memory_recall import probe
+  rng = np.random.default_rng(0)
+  labels = rng.integers(0, 8, 400)
+  codes = rng.normal(size=(8, 16))
+  features = codes[labels] + 0.1 * rng.normal(size=(400, 16))
+  assert probe.ridge_accuracy(features, labels, 8, penalty=1.0) > 0.95
+  assert probe.ridge_accuracy(rng.normal(size=(400, 16)), labels, 8, penalty=1.0) < 0.3
+  # More features than documents (the dual form) still reads a linear code.
+  wide = np.concatenate([features, rng.normal(size=(400, 600))], axis=1)
+  assert probe.ridge_accuracy(wide, labels, 8, penalty=1.0) > 0.9

@@ -6,7 +6,10 @@ For N = 1 episodes (one key -> value pair stored in window 0, asked for 1 window
 trained model reads window 0 only; then a linear read-out (ridge regression onto one-hot labels,
 fitted on 3/4 of the documents, accuracy on the rest) tries to recover the stored value and the
 stored key from each leaf of the memory it carries into window 1 (the long-term FIFO's keys and
-values, the short-term memory tokens, the XL cache, ...). Chance is 1 / value_vocab (1 / key_vocab).
+values, the short-term memory tokens, the XL cache, ...), once from the slots concatenated and once
+pooled over the slots (mean and max: a read-out that does not depend on where in the window the
+pair was; the concatenated one must learn every position separately and fails on a
+Transformer-XL cache that demonstrably holds the pair). Chance is 1 / value_vocab (1 / key_vocab).
 
 - decodable from a leaf but the model's recall at k = 1 is at chance: written and carried, not read;
 - not decodable from any leaf: not written (the write path never learned to keep the pair).
@@ -25,11 +28,16 @@ import numpy as np
 
 from melodi_jax.train import cli
 
-flags.DEFINE_string('workdir', None, 'A training run folder (trained on mqar_bytes).')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-flags.DEFINE_integer('documents', 2048, 'N = 1, k = 1 episodes to probe.')
-flags.DEFINE_float('ridge', 1.0, 'L2 penalty of the linear read-out (features standardised).')
-flags.DEFINE_bool('json', False, 'Print JSON.')
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program: the library stays importable
+  beside other entry points)."""
+  flags.DEFINE_string('workdir', None, 'A training run folder (trained on mqar_bytes).')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('documents', 2048, 'N = 1, k = 1 episodes to probe.')
+  flags.DEFINE_float('ridge', 1.0, 'L2 penalty of the linear read-out (features standardised).')
+  flags.DEFINE_bool('json', False, 'Print JSON.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -97,7 +105,11 @@ def main(argv: Sequence[str]) -> None:
       valid = _sibling(after, path, 'valid')
       if valid is not None and valid.shape == leaf.shape[:2]:
         leaf = leaf[:, np.asarray(valid)[0]]
-      leaves.setdefault(jax.tree_util.keystr(path), []).append(leaf.reshape(lanes, -1))
+      name = jax.tree_util.keystr(path)
+      leaves.setdefault(name, []).append(leaf.reshape(lanes, -1))
+      if leaf.ndim >= 3:  # [B, slots, ...]: also pooled over the slots (position-invariant)
+        pooled = np.concatenate([leaf.mean(1), leaf.max(1)], axis=-1)
+        leaves.setdefault(name + ' pooled', []).append(pooled.reshape(lanes, -1))
     # Influence: the same documents with only the stored value changed.
     changed = chunk.copy()
     for lane in range(lanes):
@@ -144,4 +156,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

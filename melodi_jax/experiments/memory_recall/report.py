@@ -322,10 +322,15 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
   return path
 
 
-flags.DEFINE_string('saved', 'results/memory_recall', 'Folder of the rows\' saved outputs.')
-flags.DEFINE_string('out', 'results', 'Where memory_recall.md and its plots go.')
-flags.DEFINE_list('rows', list(LABELS), 'Rows, in table order.')
-flags.DEFINE_string('command', 'bash launch/experiments/memory_recall.sh', 'The command to cite.')
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program: the library stays importable
+  beside other entry points)."""
+  flags.DEFINE_string('saved', 'results/memory_recall', 'Folder of the rows\' saved outputs.')
+  flags.DEFINE_string('out', 'results', 'Where memory_recall.md and its plots go.')
+  flags.DEFINE_list('rows', list(LABELS), 'Rows, in table order.')
+  flags.DEFINE_string('command', 'bash launch/experiments/memory_recall.sh', 'The command to cite.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -335,4 +340,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)

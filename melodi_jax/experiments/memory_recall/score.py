@@ -99,12 +99,18 @@ def _predict(apply_fn, init_memory, documents, window_length, segment_length, ba
   return predictions
 
 
-flags.DEFINE_string('workdir', None, 'A training run folder (trained on mqar_bytes).')
-flags.DEFINE_string('split', 'test', 'MQAR split to score.')
-flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-flags.DEFINE_integer('batch_size', None, "Lanes per call (default: the run's eval batch).")
-flags.DEFINE_integer('documents', None, 'Score only the first N documents of each (N, k) cell.')
-flags.DEFINE_bool('force', False, 'Score again even if the result file exists.')
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program: the library stays importable
+  beside other entry points)."""
+  flags.DEFINE_string('workdir', None, 'A training run folder (trained on mqar_bytes).')
+  flags.DEFINE_string('split', 'test', 'MQAR split to score.')
+  flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
+  flags.DEFINE_integer('batch_size', None, "Lanes per call (default: the run's eval batch).")
+  flags.DEFINE_integer('documents', None, 'Score only the first N documents of each (N, k) cell.')
+  flags.DEFINE_list('pairs', None, 'Score only the cells with these N (default: every N).')
+  flags.DEFINE_bool('force', False, 'Score again even if the result file exists.')
+
+
 FLAGS = flags.FLAGS
 
 
@@ -117,7 +123,8 @@ def main(argv: Sequence[str]) -> None:
   from melodi_jax.experiments import runs  # pylint: disable=g-import-not-at-top
 
   run = runs.restore(FLAGS.workdir, FLAGS.step, FLAGS.batch_size)
-  path = os.path.join(run.workdir, 'eval', f'mqar_{FLAGS.split}_{run.step}.json')
+  only = f'_n{"-".join(FLAGS.pairs)}' if FLAGS.pairs else ''  # a partial grid is its own file
+  path = os.path.join(run.workdir, 'eval', f'mqar_{FLAGS.split}_{run.step}{only}.json')
   if os.path.isfile(path) and not FLAGS.force:
     print(f'{path} exists: skipped (--force to score again)')
     return
@@ -131,7 +138,8 @@ def main(argv: Sequence[str]) -> None:
   for index, (episode,) in enumerate(episodes):
     cell = (episode.pairs, episode.distance)
     seen[cell] = seen.get(cell, 0) + 1
-    if FLAGS.documents is None or seen[cell] <= FLAGS.documents:
+    if ((FLAGS.documents is None or seen[cell] <= FLAGS.documents) and
+        (not FLAGS.pairs or str(episode.pairs) in FLAGS.pairs)):
       keep.append(index)
   model, params = run.model, run.params
   apply = jax.jit(lambda p, tokens, memory, doc_start: model.apply({'params': p}, tokens, memory,
@@ -157,4 +165,5 @@ def main(argv: Sequence[str]) -> None:
 
 
 if __name__ == '__main__':
+  define_flags()
   cli.run(main)
