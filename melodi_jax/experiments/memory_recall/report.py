@@ -291,6 +291,10 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
   ]
   if missing:
     text += [f'Rows not finished yet: {", ".join(missing)}.', '']
+  if os.path.isfile(os.path.join(saved, 'diagnostics', 'README.md')):
+    text += [f'A row below its expectation is diagnosed in '
+             f'[{saved}/diagnostics/README.md]({os.path.relpath(saved, out)}/diagnostics/README.md).',
+             '']
   text += ['| model | reach (how far back it can see) | memory floats / lane | k = 0, N = 4 | '
            'train time |', '|---|---|---|---|---|']
   for data in loaded:
