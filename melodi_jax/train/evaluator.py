@@ -44,7 +44,8 @@ class EvalResult:
                    'segments and reset at document starts')
   # The totals split by the predicted token's index inside its document (0 = the first token,
   # never predicted): one dict per bucket with start, end (None: open), label, tokens, bytes
-  # (predicted bytes), nats, nats_per_token, bits_per_byte. Bucket sums add up to the totals.
+  # (predicted bytes), nats, nats_per_token, bits_per_byte (None when the bucket is empty).
+  # Bucket sums add up to the totals.
   by_position: list[dict[str, Any]] = dataclasses.field(default_factory=list)
 
   def scalars(self) -> dict[str, float]:
@@ -164,8 +165,10 @@ def _bucket_rows(boundaries: Sequence[int], host_sums: list[dict]) -> list[dict[
     rows.append({'start': start, 'end': end, 'label': positions.bucket_label(start, end),
                  'tokens': float(tokens[k]), 'bytes': float(num_bytes[k]),
                  'nats': float(nats[k]),
-                 'nats_per_token': float(nats[k] / tokens[k]) if tokens[k] else float('nan'),
-                 'bits_per_byte': metrics.bits_per_byte(float(nats[k]), float(num_bytes[k]))})
+                 # None (JSON null) for an empty bucket: no document reaches that far.
+                 'nats_per_token': float(nats[k] / tokens[k]) if tokens[k] else None,
+                 'bits_per_byte': (metrics.bits_per_byte(float(nats[k]), float(num_bytes[k]))
+                                   if num_bytes[k] else None)})
   return rows
 
 
