@@ -24,7 +24,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments {argv[1:]}; every option is a --flag')
-  cli.initialize_distributed(FLAGS.multiprocess)  # before any other JAX call
+  cli.initialize_distributed(FLAGS.multiprocess,  # before any other JAX call
+                             FLAGS.heartbeat_timeout_seconds)
   if not FLAGS.workdir:
     raise cli.UserError('--workdir is required: pass the folder of a training run')
   workdir = os.path.abspath(FLAGS.workdir)

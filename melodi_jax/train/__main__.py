@@ -20,7 +20,8 @@ FLAGS = flags.FLAGS
 def main(argv):
   if len(argv) > 1:
     raise cli.UserError(f'unexpected arguments {argv[1:]}; every option is a --flag')
-  cli.initialize_distributed(FLAGS.multiprocess)  # before any other JAX call
+  cli.initialize_distributed(FLAGS.multiprocess,  # before any other JAX call
+                             FLAGS.heartbeat_timeout_seconds)
   workdir = cli.check_workdir(FLAGS.workdir)
   # Imported here so that gin knows every configurable before the files are parsed.
   from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import

@@ -9,6 +9,7 @@ import os
 import pathlib
 import sys
 import tempfile
+import traceback
 from collections.abc import Callable, Sequence
 
 from absl import app, flags
@@ -37,21 +38,54 @@ def define_common_flags():
   flags.DEFINE_string('tfds_data_dir', None, 'TFDS data dir for corpora prepared with tfds '
                       '(e.g. PG-19).')
   flags.DEFINE_bool('multiprocess', False, 'Call jax.distributed.initialize() first (TPU pods, '
-                    'multi-node GPU).')
+                    'SLURM jobs; launch/multiprocess_local.sh on one machine).')
+  flags.DEFINE_integer('heartbeat_timeout_seconds', 100, 'With --multiprocess: a process that '
+                       'sent no heartbeat for this long counts as dead, and every other process '
+                       'stops with an error (jax.distributed; its default is 100).')
 
 
-def initialize_distributed(multiprocess: bool):
+def initialize_distributed(multiprocess: bool, heartbeat_timeout_seconds: int = 100):
   """--multiprocess: joins the other processes (TPU pod, SLURM, ...) before any other JAX call."""
   if not multiprocess:
     return
+  if heartbeat_timeout_seconds <= 0:
+    raise UserError(f'--heartbeat_timeout_seconds={heartbeat_timeout_seconds} must be positive')
   import jax  # pylint: disable=g-import-not-at-top
   try:
-    jax.distributed.initialize()
+    jax.distributed.initialize(heartbeat_timeout_seconds=heartbeat_timeout_seconds)
   except (ValueError, RuntimeError) as e:
     first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise UserError(f'--multiprocess: jax.distributed.initialize() failed ({first}); run it on '
-                    'every worker of a TPU pod or a SLURM job, or set JAX_COORDINATOR_ADDRESS, '
-                    'or drop --multiprocess on one machine') from None
+                    'every worker of a TPU pod or a SLURM job (srun), use '
+                    'launch/multiprocess_local.sh on one machine, or drop --multiprocess') from None
+  _connect_collectives()
+
+
+def _connect_collectives():
+  """Runs, in lockstep, the first cross-process computations over the device groups the
+  trainer uses: all devices (a data-parallel step) and one device per process (host
+  all-gathers, orbax's barriers).
+
+  CPU collectives (gloo) connect a device group at its first computation and fail when one
+  process gets there 30 s after another, which a slower compile of the first train step is
+  enough for. Later computations reuse the connection whatever the skew. (A mesh whose model
+  axis spans processes adds groups connected at the first step, unguarded.)
+  """
+  import jax  # pylint: disable=g-import-not-at-top
+  from jax._src import distributed  # pylint: disable=g-import-not-at-top  (orbax uses it too)
+  from jax.experimental import multihost_utils  # pylint: disable=g-import-not-at-top
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  import numpy as np  # pylint: disable=g-import-not-at-top
+  mesh = jax.sharding.Mesh(np.array(jax.devices()), ('devices',))
+  ones = jax.make_array_from_process_local_data(
+      jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec('devices')),
+      np.ones([jax.local_device_count()], np.int32))
+  count = jax.jit(jnp.sum, out_shardings=jax.sharding.NamedSharding(
+      mesh, jax.sharding.PartitionSpec())).lower(ones).compile()
+  # Compiled everywhere: meet (the coordination service, no collective), then run at once.
+  distributed.global_state.client.wait_at_barrier('melodi_jax_connect', 10 * 60 * 1000)
+  assert int(count(ones)) == jax.device_count(), 'processes disagree on the device count'
+  multihost_utils.sync_global_devices('melodi_jax: every process connected')
 
 
 def search_paths(paths: Sequence[str]) -> list[str]:
@@ -175,5 +209,34 @@ def run(main: Callable[[list[str]], None]):
     except user_errors as e:
       sys.stderr.flush()
       print(f'error: {e}', file=sys.stderr)
-      sys.exit(2)
+      _exit(2)
+    except Exception as e:  # pylint: disable=broad-exception-caught
+      if not _joined_other_processes():
+        raise
+      import jax  # pylint: disable=g-import-not-at-top
+      traceback.print_exc()
+      print(f'error: process {jax.process_index()} of {jax.process_count()} stops on '
+            f'{type(e).__name__}; when another process stopped first, its log says why',
+            file=sys.stderr)
+      _exit(1)
   app.run(wrapped, flags_parser=_parse_flags)
+
+
+def _joined_other_processes() -> bool:
+  if 'jax' not in sys.modules:
+    return False
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.distributed.is_initialized() and jax.process_count() > 1
+
+
+def _exit(status: int):
+  """sys.exit, except in a process joined to others by jax.distributed: there a normal exit
+  waits at the shutdown barrier (5 minutes) while the others wait in their next collective, so
+  the process ends at once; the others see it die within --heartbeat_timeout_seconds and stop
+  with an error naming it."""
+  if not _joined_other_processes():
+    sys.exit(status)
+  absl_logging.flush()
+  sys.stdout.flush()
+  sys.stderr.flush()
+  os._exit(status)  # pylint: disable=protected-access

@@ -124,10 +124,10 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
       task=config.task, split=config.train_split, batch_size=batch_size,
       segment_length=segment_length, window_length=window_length, train=True, seed=config.seed,
       text_dir=config.text_dir, tfds_data_dir=tfds_data_dir)
-  stream = inputs.open_stream(train_spec, stream_factory, model.vocab_size)
+  batch_sharding = partitioning.batch_sharding(mesh)
+  stream = inputs.open_stream(train_spec, stream_factory, model.vocab_size, batch_sharding)
   windows = segment_length // window_length
   tokens_per_step = batch_size * segment_length
-  batch_sharding = partitioning.batch_sharding(mesh)
 
   # ---------------------------------------------------------------------------------------
   # Sharding: abstract shapes first, then everything is created directly where it lives.
@@ -218,18 +218,23 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
         params=restored.params, opt_state=restored.opt_state,
         rng=jax.device_put(jnp.asarray(progress['rng'], jnp.uint32), replicated))
     memory = restored.memory
-    lane_states = progress.get('lane_states') or []
-    if len(lane_states) == jax.process_count():
-      inputs.restore_stream(stream, lane_states[jax.process_index()])
-    else:  # the data is resharded over a different number of processes: start lanes afresh
-      logging.warning('checkpoint lanes were written by %d processes, this run has %d: lanes '
-                      'and memory start afresh', len(lane_states), jax.process_count())
+    # The lanes are global (train/inputs.py), so any process count resumes them; checkpoints
+    # from before that hold one state per process ('lane_states'), exact only for one process.
+    lane_state = progress.get('lane_state')
+    if lane_state is None and len(progress.get('lane_states') or []) == 1:
+      lane_state = progress['lane_states'][0]
+    if lane_state is not None:
+      inputs.restore_stream(stream, lane_state)
+    else:
+      logging.warning('the checkpoint holds %d per-process lane states (an older format), no '
+                      'global one: lanes and memory start afresh',
+                      len(progress.get('lane_states') or []))
       memory = init_memory()
     logging.info('resumed from step %d in %s', restored.step, checkpointer.directory)
 
   def save(step: int, lane_state: dict):
     progress = dict(step=step, rng=[int(x) for x in np.asarray(jax.device_get(state.rng))],
-                    lane_states=inputs.gather_lane_states(lane_state), batch_size=batch_size,
+                    lane_state=inputs.agreed_lane_state(lane_state), batch_size=batch_size,
                     segment_length=segment_length, window_length=window_length,
                     num_processes=jax.process_count(), task=train_spec.name,
                     split=config.train_split)
