@@ -18,5 +18,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   echo "$want" > "$stamp"
 fi
 export PATH="$repo_root/.venv/bin:$PATH"
-# TensorFlow (used by seqio/tfds for input pipelines only) must stay quiet and off accelerators.
-export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+# TensorFlow (used by seqio/tfds for input pipelines only) must stay quiet and off accelerators
+# (melodi_jax/train/quiet.py); MELODI_VERBOSE=1 brings every log line back.
+if [ "${MELODI_VERBOSE:-0}" = 0 ]; then
+  export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
+fi

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from absl import app, flags
 
 from melodi_jax import models
+from melodi_jax.train import quiet
 
 
 class UsageError(Exception):
@@ -65,8 +66,10 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """app.run with user errors (UsageError, models.ConfigError, bad flags) as one line + exit 2."""
+  """app.run with user errors (UsageError, models.ConfigError, bad flags) as one line + exit 2,
+  quiet by default (train/quiet.py)."""
   def guarded(argv):
+    quiet.setup()
     try:
       main(argv)
     except UsageError as e:

@@ -4,7 +4,6 @@ Every mistake a user can make at this boundary becomes a `UserError`: one line o
 """
 from __future__ import annotations
 
-import logging
 import os
 import pathlib
 import sys
@@ -16,6 +15,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 import gin
 
+from melodi_jax.train import quiet
 from melodi_jax.train.errors import UserError  # re-exported for the entry points
 
 _PACKAGE_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
@@ -183,26 +183,11 @@ def _user_error_types() -> tuple[type[BaseException], ...]:
   return tuple(types)
 
 
-class _QuietLibraries(logging.Filter):
-  """Drops INFO lines of orbax and jax internals, so the progress line stays readable."""
-
-  def filter(self, record: logging.LogRecord) -> bool:
-    path = record.pathname.replace(os.sep, '/')
-    if path.endswith('/resource_reader.py'):  # gin probing search paths for `include`s
-      return False
-    if record.levelno >= logging.WARNING:
-      return True
-    return '/orbax/' not in path and '/jax/_src/' not in path
-
-
-def quiet_library_logs():
-  absl_logging.get_absl_handler().addFilter(_QuietLibraries())
-
-
 def run(main: Callable[[list[str]], None]):
-  """`app.run(main)` where a user's mistake is one line on stderr and exit status 2."""
+  """`app.run(main)`, quiet by default (train/quiet.py), where a user's mistake is one line on
+  stderr and exit status 2."""
   def wrapped(argv):
-    quiet_library_logs()
+    quiet.setup()  # before anything imports TensorFlow
     user_errors = _user_error_types()
     try:
       main(argv)
