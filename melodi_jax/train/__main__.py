@@ -28,11 +28,11 @@ def main(argv):
   from melodi_jax.train import config, optim  # pylint: disable=g-import-not-at-top,unused-import
   cli.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig').validate()
-  from melodi_jax.train import trainer  # pylint: disable=g-import-not-at-top  (slow: clu, TF)
+  from melodi_jax.train import collapse, trainer  # pylint: disable=g-import-not-at-top  (slow)
   try:
     trainer.train(train_config, workdir, tfds_data_dir=FLAGS.tfds_data_dir,
                   init_from=FLAGS.init_from, freeze_loaded_steps=FLAGS.freeze_loaded_steps)
-  except trainer.TrainingDiverged as e:
+  except (trainer.TrainingDiverged, collapse.TrainingCollapsed) as e:
     logging.flush()
     print(f'error: {e}', file=sys.stderr)
     sys.exit(1)

@@ -58,6 +58,17 @@ def checkpoint_dir(workdir: str) -> str:
   return os.path.join(workdir, 'checkpoints')
 
 
+@dataclasses.dataclass
+class _KeepSteps:
+  """orbax preservation policy: keeps the listed steps beyond keep-N (the last checkpoint before
+  a collapse, train/collapse.py). The set may grow while the manager is open."""
+  steps: set[int]
+
+  def should_preserve(self, checkpoints, *, context) -> list[bool]:
+    del context
+    return [checkpoint.step in self.steps for checkpoint in checkpoints]
+
+
 class Checkpointer:
   """A thin layer over `ocp.CheckpointManager`: async saves, keep-N, restore with fallback."""
 
@@ -75,9 +86,12 @@ class Checkpointer:
     if read_only and not os.path.isdir(self.directory):
       raise UserError(f'no checkpoints in {self.directory}; train first or pass the --workdir '
                       'of a training run')
+    self._kept_steps = set()
+    preservation = None if read_only else ocp.checkpoint_managers.AnyPreservationPolicy(
+        [ocp.checkpoint_managers.LatestN(n=keep), _KeepSteps(self._kept_steps)])
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, create=not read_only, read_only=read_only,
-        enable_async_checkpointing=not read_only)
+        create=not read_only, read_only=read_only, enable_async_checkpointing=not read_only,
+        preservation_policy=preservation)
     handlers = {name: ocp.StandardCheckpointHandler() for name in ARRAY_ITEMS}
     handlers['progress'] = ocp.JsonCheckpointHandler()
     self.manager = ocp.CheckpointManager(self.directory, options=options, item_handlers=handlers)
@@ -85,6 +99,16 @@ class Checkpointer:
   @property
   def steps(self) -> list[int]:
     return sorted(self.manager.all_steps())
+
+  def progress(self, step: int) -> dict:
+    """The JSON progress item of checkpoint `step` alone (no array is read)."""
+    restored = self.manager.restore(
+        step, args=ocp.args.Composite(progress=ocp.args.JsonRestore()))
+    return dict(restored['progress'])
+
+  def keep(self, step: int):
+    """Keeps checkpoint `step` on disk whatever `keep` says (newer saves no longer remove it)."""
+    self._kept_steps.add(step)
 
   def save(self, step: int, *, params, opt_state, memory, progress: dict) -> bool:
     """Starts an async save (arrays are copied off the device before this returns, so the caller

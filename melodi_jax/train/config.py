@@ -28,6 +28,9 @@ class TrainConfig:
   log_every: int = 50                 # progress line + train_metrics.jsonl + TensorBoard
   checkpoint_every: int = 1000        # also at the end and on SIGTERM/SIGINT
   keep_checkpoints: int = 3           # newest checkpoints kept on disk
+  collapse_steps: int = 10            # consecutive steps at loss ln V with zero gradient norm
+                                      # reported as a collapse (train/collapse.py); 0: off
+  stop_on_collapse: bool = False      # also stop the run there (after saving a marked checkpoint)
   eval_every: int = 0                 # 0: no evaluation during training
   eval_batch_size: int | None = None  # None: batch_size
   eval_max_batches: int | None = None  # None: the whole split (the evaluation protocol)
@@ -44,6 +47,9 @@ class TrainConfig:
                         'your gin files or --gin_bindings')
     if self.eval_every < 0:
       raise UserError(f'TrainConfig.eval_every={self.eval_every} must be >= 0 (0 disables)')
+    if self.collapse_steps < 0:
+      raise UserError(f'TrainConfig.collapse_steps={self.collapse_steps} must be >= 0 (0 '
+                      'disables collapse detection)')
     positions.check_boundaries(self.eval_position_buckets)
     return self
 

@@ -18,7 +18,7 @@ import optax
 
 from melodi_jax.models import freezing
 from melodi_jax.train import checkpoints, cli, evaluator, inputs, metrics, optim, partitioning
-from melodi_jax.train import warm_start
+from melodi_jax.train import collapse, warm_start
 from melodi_jax.train.config import TrainConfig
 from melodi_jax.train.errors import UserError
 
@@ -90,7 +90,8 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
 
   `model` defaults to `models.build_from_gin()` and `stream_factory` to `data.make_lanes`; the
   gin config must already be parsed. Raises UserError for mistakes a user can fix (nothing is
-  written to `workdir` before they are ruled out) and TrainingDiverged on a NaN/inf loss.
+  written to `workdir` before they are ruled out), TrainingDiverged on a NaN/inf loss and
+  collapse.TrainingCollapsed on a collapse to uniform output with `config.stop_on_collapse`.
   """
   config.validate()
   if optimizer_config is None:
@@ -201,6 +202,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   # Checkpoint: resume from the latest readable checkpoint, else initialize.
   os.makedirs(workdir, exist_ok=True)  # every user mistake above has been ruled out
   checkpointer = checkpoints.Checkpointer(workdir, keep=config.keep_checkpoints)
+  collapse_watch = collapse.CollapseWatch(model.vocab_size, config.collapse_steps)
   restored = checkpointer.restore({
       'params': _with_shardings(abstract_params, params_sharding),
       'opt_state': _with_shardings(abstract_opt_state, opt_sharding),
@@ -231,13 +233,14 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
                       len(progress.get('lane_states') or []))
       memory = init_memory()
     logging.info('resumed from step %d in %s', restored.step, checkpointer.directory)
+    collapse_watch.resume(progress, restored.step, checkpointer)
 
   def save(step: int, lane_state: dict):
     progress = dict(step=step, rng=[int(x) for x in np.asarray(jax.device_get(state.rng))],
                     lane_state=inputs.agreed_lane_state(lane_state), batch_size=batch_size,
                     segment_length=segment_length, window_length=window_length,
                     num_processes=jax.process_count(), task=train_spec.name,
-                    split=config.train_split)
+                    split=config.train_split, collapse=collapse_watch.record)
     if checkpointer.save(step, params=state.params, opt_state=state.opt_state, memory=memory,
                          progress=progress):
       logging.info('saving checkpoint at step %d', step)
@@ -282,6 +285,9 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
             'OptimizerConfig.peak_learning_rate or clip_grad_norm and resume')
       step += 1
       lanes_before = lanes_done
+      collapsed = collapse_watch.observe(step, float(step_metrics['loss']),
+                                         float(step_metrics['grad_norm']), checkpointer)
+      halt = collapsed and config.stop_on_collapse
 
       if first_step_of_process and primary:
         operative = gin.operative_config_str()
@@ -305,8 +311,10 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
           evaluator.write_result(workdir, result)
 
       stopping = stop(step)
-      if step % config.checkpoint_every == 0 or step == config.num_steps or stopping:
+      if step % config.checkpoint_every == 0 or step == config.num_steps or stopping or halt:
         save(step, lanes_done)
+      if halt:
+        raise collapse_watch.stopped(step, checkpointer.directory)
       if stopping:
         logging.warning('stopped by %s after step %d; checkpoint saved; rerun the same command '
                         'to resume', stop.signal_name, step)
