@@ -54,13 +54,14 @@ def _train_in_process(workdir, *bindings):
   return _losses(workdir)
 
 
-def _launch(workdir, log_path, *bindings, flags=()):
-  """Starts the launcher (its own process group, killed by `_stopped`)."""
+def _launch(workdir, log_path, *bindings, flags=(), module='train'):
+  """Starts the launcher (its own process group, killed by `_stopped`); `evaluate` reads the
+  run's config.gin, so it gets no gin flags."""
   env = dict(os.environ, MELODI_PYTHON=sys.executable, PROCESSES='2', DEVICES_PER_PROCESS='2')
   env['PYTHONPATH'] = os.pathsep.join([REPO] + [p for p in [env.get('PYTHONPATH')] if p])
-  command = (['bash', LAUNCHER, 'train', str(workdir)] +
-             [f'--gin_file={f}' for f in GIN_FILES] +
-             [f'--gin_bindings={b}' for b in BINDINGS + list(bindings)] +
+  gin_flags = ([f'--gin_file={f}' for f in GIN_FILES] +
+               [f'--gin_bindings={b}' for b in BINDINGS + list(bindings)])
+  command = (['bash', LAUNCHER, module, str(workdir)] + (gin_flags if module == 'train' else []) +
              [f'--heartbeat_timeout_seconds={HEARTBEAT}'] + list(flags))
   log = open(log_path, 'w')  # pylint: disable=consider-using-with
   process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -219,7 +220,7 @@ def test_two_processes_compute_what_one_process_computes(tmp_path, data_dir):
   the processes; checkpoints move between process counts both ways; SIGTERM to one process
   stops both at one step and the rerun resumes exactly; a killed process stops the other.
 
-  One test, three launches: each launch costs two JAX start-ups and compiles."""
+  One test, four launches: each launch costs two JAX start-ups and compiles."""
   del data_dir
   one = tmp_path / 'one_process'
   reference = _train_in_process(one, f'TrainConfig.num_steps = {REFERENCE_STEPS}',
@@ -243,17 +244,25 @@ def test_two_processes_compute_what_one_process_computes(tmp_path, data_dir):
   # orbax wrote one checkpoint per step (no per-process copies, nothing left half-written).
   assert sorted(os.listdir(two / 'checkpoints')) == ['2', '4', '6']
 
-  # The evaluation protocol under 2 processes gives the numbers of 1 process.
+  # The evaluation protocol under 2 processes gives the numbers of 1 process: in training,
+  # then through `python -m melodi_jax.evaluate --multiprocess` (written over the same file).
   name = 'synthetic_bytes_validation_6.json'
   with open(one / 'eval' / name, encoding='utf-8') as f:
     want = json.load(f)
-  with open(two / 'eval' / name, encoding='utf-8') as f:
-    got = json.load(f)
-  for key in ('tokens', 'bytes', 'documents', 'batches', 'complete'):
-    assert got[key] == want[key], (key, got[key], want[key])
   assert want['complete'] and want['documents'] > 0
-  for key in ('nats_per_token', 'bits_per_byte'):
-    np.testing.assert_allclose(got[key], want[key], rtol=2e-5, err_msg=key)
+  for evaluation in ('train', 'evaluate'):
+    if evaluation == 'evaluate':
+      os.remove(two / 'eval' / name)
+      with _stopped(_launch(two, tmp_path / 'evaluate.log', module='evaluate',
+                            flags=['--split=validation'])) as process:
+        output = _finish(process)
+      assert process.returncode == 0, output[-5000:]
+    with open(two / 'eval' / name, encoding='utf-8') as f:
+      got = json.load(f)
+    for key in ('tokens', 'bytes', 'documents', 'batches', 'complete'):
+      assert got[key] == want[key], (evaluation, key, got[key], want[key])
+    for key in ('nats_per_token', 'bits_per_byte'):
+      np.testing.assert_allclose(got[key], want[key], rtol=2e-5, err_msg=(evaluation, key))
 
   # ---- A checkpoint written by 2 processes continues in 1 exactly as the 2 processes did.
   resumed = tmp_path / 'two_then_one'
