@@ -1,5 +1,6 @@
 """Orbax checkpoints of a run: params, optimizer state, carried memory, and a JSON `progress`
-item (step, rng, every process's lane state), so a resumed run continues bit-identically.
+item (step, rng, the lane state, the same for every process), so a resumed run continues
+bit-identically, under any number of processes.
 
 Layout: DIR/checkpoints/<step>/{params,opt_state,memory,progress}. Restoring takes abstract
 targets with shardings, so a checkpoint written on one mesh restores onto another.
@@ -23,7 +24,7 @@ _ARRAY_HANDLER_SET = False
 
 @dataclasses.dataclass
 class Restored:
-  """What a checkpoint holds; `progress` is the JSON item (step, rng, lane_states, ...)."""
+  """What a checkpoint holds; `progress` is the JSON item (step, rng, lane_state, ...)."""
   step: int
   params: Any
   opt_state: Any = None
