@@ -1,7 +1,8 @@
 """`python -m melodi_jax.evaluate --workdir=DIR [--step=N] [--split=test] [--task=NAME | --text_dir=PATH]`
 
 Restores a checkpoint of a training run and runs the evaluation protocol (train/evaluator.py) over
-a split or a folder of text files; writes DIR/eval/<task>_<split>_<step>.json.
+a split or a folder of text files; writes DIR/eval/<task>_<split>_<step>.json and prints one line
+(bits/byte first), or that JSON with --json.
 """
 from __future__ import annotations
 
@@ -18,6 +19,8 @@ flags.DEFINE_string('split', 'test', 'Split to evaluate.')
 flags.DEFINE_string('text_dir', None, 'Evaluate on every text file in this folder instead.')
 flags.DEFINE_integer('batch_size', None, 'Eval lanes (default: TrainConfig.eval_batch_size, '
                      'else batch_size of the run).')
+flags.DEFINE_bool('json', False, 'Print the result JSON (the file written under DIR/eval/) '
+                  'instead of the one-line summary.')
 FLAGS = flags.FLAGS
 
 
@@ -80,10 +83,14 @@ def main(argv):
   result = runner.run(restored.params, restored.step, stream=stream)
   path = evaluator.write_result(workdir, result)
   checkpointer.close()
-  print(f'{spec.name}/{spec.split} step {result.step}: {result.nats_per_token:.4f} nats/token, '
-        f'perplexity {result.perplexity:.3f}, {result.bits_per_byte:.4f} bits/byte over '
-        f'{result.tokens:.0f} predicted tokens ({result.documents} documents, '
-        f'{result.bytes:.0f} bytes) -> {path}')
+  if FLAGS.json:
+    with open(path, encoding='utf-8') as f:
+      print(f.read(), end='')
+  else:
+    print(f'{spec.name}/{spec.split} at step {result.step}: {result.bits_per_byte:.4f} bits/byte '
+          f'({result.nats_per_token:.4f} nats/token, perplexity {result.perplexity:.3f}) over '
+          f'{result.tokens:,.0f} predicted tokens in {result.documents:,} documents '
+          f'({result.bytes:,.0f} bytes), memory carried across segments -> {path}')
 
 
 if __name__ == '__main__':
