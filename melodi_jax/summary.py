@@ -131,8 +131,8 @@ def summarize(workdir: str, split: str | None = None, shown_workdir: str | None 
     path, result = evaluation
     lines += [f'  result      {result["bits_per_byte"]:.3f} bits/byte on {result["task"]}/'
               f'{result["split"]} at step {result["step"]} (lower is better)',
-              f'              {result["documents"]:,} documents, {result["bytes"]:,.0f} bytes, each '
-              'read to its end, memory carried across segments']
+              f'              {result["documents"]:,} documents, {result["bytes"]:,.0f} bytes, '
+              'each read to its end, memory carried across segments']
     scale = []
     if result.get('predicted_bytes'):
       uniform = math.log2(model.vocab_size) * result['tokens'] / result['predicted_bytes']
@@ -161,7 +161,8 @@ def summarize(workdir: str, split: str | None = None, shown_workdir: str | None 
             f'              metrics      {os.path.join(shown, "train_metrics.jsonl")}; '
             f'TensorBoard: tensorboard --logdir {shown}']
   if evaluation is not None:
-    lines.append(f'              evaluation   {os.path.join(shown, "eval", os.path.basename(path))}')
+    shown_path = os.path.join(shown, 'eval', os.path.basename(path))
+    lines.append(f'              evaluation   {shown_path}')
   lines += [
       f'  next        your own text   python -m melodi_jax.evaluate --workdir={shown} '
       '--text_dir=FOLDER_OF_TEXT_FILES',

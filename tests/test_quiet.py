@@ -54,7 +54,7 @@ def test_library_filter_keeps_ours_and_actionable_warnings():
   assert not keep(_record(orbax, logging.WARNING, 'CheckpointManagerOptions.read_only=True, '
                           'setting save_interval_steps=0.'))
   assert not keep(_record('/site-packages/orbax/x/type_handler_registry.py', logging.WARNING,
-                          'Type handler registry type "<class \'jax.Array\'>" overriding jax.Array'))
+                          'Type handler registry type "<class jax.Array>" overriding jax.Array'))
   assert keep(_record(orbax, logging.WARNING, 'checkpoint 400 is incomplete'))
   assert keep(_record(orbax, logging.ERROR, 'could not write'))
 
