@@ -91,6 +91,16 @@ def test_impossible_configs_fail_at_build_time(binding, needle):
   zoo.assert_config_error('melodi', binding, needle)
 
 
+def test_summaries_stop_above_the_last_layer_that_writes_memory():
+  """Long-term memory in layer 1 of 3, no short-term memory: the top layer computes no
+  summaries and layer 1 mixes none for it (that M-up would get no gradient)."""
+  options = zoo.build('melodi_long_only').config.layer_options()
+  assert [o.summary_tokens for o in options] == [4, 4, 0]
+  assert [o.summaries_up for o in options] == ['mix', 'none', 'none']
+  zoo.assert_config_error('melodi_long_only', 'MelodiStack.long_term_layers = ()',
+                          'no memory is written from the summaries')
+
+
 def test_window_must_divide_the_segment():
   with pytest.raises(ConfigError, match='not a multiple of ModelConfig.window_length'):
     models.build(['models/melodi.gin', zoo.TINY], segment_length=30)

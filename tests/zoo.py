@@ -10,8 +10,8 @@ import numpy as np
 from melodi_jax import models
 
 TINY = 'sizes/tiny.gin'
-MEMORIZING = ['MemorizingStack.memory_layer = 1', 'MemorizingStack.memory_slots = 24',
-              'MemorizingStack.top_k = 4']  # 3 windows of memory: the ring wraps in tests
+MEMORIZING = ['MemorizingStack.memory_layer = 1',
+              'MemorizingStack.memory_slots = 24']  # 3 windows of memory: the ring wraps in tests
 # name -> (gin files, bindings). Every memory kind adds its tiny config here.
 CONFIGS = {
     'melodi': (['models/melodi.gin', TINY], []),
@@ -20,7 +20,9 @@ CONFIGS = {
     'melodi_unmixed_summaries': (['models/melodi.gin', TINY], ['MelodiStack.mix_summaries = False']),
     'vanilla': (['models/vanilla.gin', TINY], []),
     'transformer_xl': (['models/transformer_xl.gin', TINY], []),
-    'memorizing': (['models/memorizing.gin', TINY], MEMORIZING),
+    # (top_k is bound here, not in MEMORIZING: a binding after memorizing_dense.gin would turn
+    # the dense lookup back into top-k)
+    'memorizing': (['models/memorizing.gin', TINY], MEMORIZING + ['MemorizingStack.top_k = 4']),
     'memorizing_dense': (['models/memorizing_dense.gin', TINY], MEMORIZING),
     'block_recurrent': (['models/block_recurrent.gin', TINY],
                         ['BlockRecurrentStack.num_states = 4']),

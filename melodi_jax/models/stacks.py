@@ -25,16 +25,22 @@ class MelodiStack:
 
   def layers(self, config: ModelConfig) -> tuple[MelodiLayerOptions, ...]:
     self._validate(config)
+    # Summaries matter only to a layer that writes memory from them (M-right, the long-term
+    # increment) or passes them up to one: no token attends to them (they follow the window).
+    # Above the last such layer they would be dead compute and the M-up mixer feeding them would
+    # get no gradient (the long-term-only ablation's top layers), so they stop there.
+    last_writer = max((index for index in range(config.num_layers)
+                       if self.short_term_slots or index in self.long_term_layers), default=-1)
     plan = []
     for index in range(config.num_layers):
-      top = index == config.num_layers - 1
       long = index in self.long_term_layers
-      if not self.summary_tokens or top:
+      summary_tokens = self.summary_tokens if index <= last_writer else 0
+      if not summary_tokens or index == last_writer:
         up = 'none'
       else:
         up = 'mix' if self.mix_summaries else 'pass'
       plan.append(MelodiLayerOptions(
-          summary_tokens=self.summary_tokens, short_term_slots=self.short_term_slots,
+          summary_tokens=summary_tokens, short_term_slots=self.short_term_slots,
           long_term_slots=self.long_term_slots if long else 0,
           long_term_increment=self.long_term_increment if long else 0, summaries_up=up))
     return tuple(plan)
@@ -42,6 +48,10 @@ class MelodiStack:
   def _validate(self, config: ModelConfig) -> None:
     if min(self.summary_tokens, self.short_term_slots) < 0:
       raise ConfigError('MelodiStack.summary_tokens and short_term_slots must be >= 0')
+    if self.summary_tokens and not self.short_term_slots and not self.long_term_layers:
+      raise ConfigError('MelodiStack.summary_tokens > 0 with short_term_slots = 0 and no '
+                        'long_term_layers: no memory is written from the summaries; set '
+                        'summary_tokens = 0 (or use a memory)')
     for index in self.long_term_layers:
       if not 0 <= index < config.num_layers:
         raise ConfigError(f'MelodiStack.long_term_layers has {index}, outside 0..'
