@@ -123,34 +123,27 @@ def test_gate_values_and_done_check(tmp_path):
   assert not evaluate_run._done(path, None) and evaluate_run._done(path, 2)
 
 
-def test_memory_mass_interceptor_on_a_tiny_transformer_xl():
-  import flax.linen as nn
+def test_memory_mass_on_a_tiny_transformer_xl():
   import jax
   import zoo
+  from melodi_jax.layers.attention import INTERMEDIATES
   model = zoo.build('transformer_xl')
   params = zoo.params('transformer_xl')['params']
-  recorder = memory_usage.MassRecorder()
   tokens = zoo.random_tokens(2, 2 * model.window_length)
   doc_start = np.array([[True, False], [True, False]])
-
-  def apply(p, t, m, d):
-    with nn.intercept_methods(memory_usage.memory_mass_interceptor(recorder)):
-      return model.apply({'params': p}, t, m, d)
-
-  logits, _ = jax.jit(apply)(params, tokens, model.init_memory(2), doc_start)
-  expected, _ = model.apply({'params': params}, tokens, model.init_memory(2), doc_start)
-  jax.effects_barrier()
-  np.testing.assert_allclose(logits, expected, rtol=1e-5, atol=1e-5)   # the model is unchanged
-  means = recorder.means()
-  assert len(means) == model.config.num_layers
+  _, state = jax.jit(lambda *a: model.apply({'params': params}, *a, mutable=[INTERMEDIATES]))(
+      tokens, model.init_memory(2), doc_start)
+  sums = memory_usage.memory_mass(state[INTERMEDIATES])
+  assert len(sums) == model.config.num_layers
+  window = model.window_length
   # Window 0 has an empty cache (mass 0); window 1 puts some of its mass on the cache.
-  assert all(0.0 < m < 0.5 for m in means.values())
   # Uniform reference: in window 1 the query at slot i may see W - i cache keys of W + 1 keys
   # (itself and the W tokens before it); window 0 has none.
-  window = model.window_length
   expected_uniform = np.mean([(window - i) / (window + 1) for i in range(window)]) / 2
-  for uniform in recorder.uniform_means().values():
-    assert uniform == pytest.approx(expected_uniform, rel=1e-5)
+  for mass, uniform, rows in sums.values():
+    assert rows == 2 * 2 * model.config.num_heads * window   # windows x lanes x heads x queries
+    assert 0.0 < mass / rows < 0.5
+    assert uniform / rows == pytest.approx(expected_uniform, rel=1e-5)
 
 
 def test_eval_items_take_an_optional_per_split_cap():

@@ -15,14 +15,13 @@ Two measurements, per layer:
   mass memory keys would get if every query spread its attention evenly over the keys it may
   see (`uniform_mass_on_memory`): a measured mass near that reference means the attention has
   not learned to prefer (or avoid) memory.
-The attention is recomputed by intercepting `Attention.__call__` (nothing in the model changes);
-the numbers reach the host through `jax.debug.callback`.
+The probabilities are the ones the model's Attention computed (it sows them when asked:
+layers/attention.py `INTERMEDIATES`); per batch only the sums reach the host.
 """
 from __future__ import annotations
 
 import collections
 import json
-import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -41,82 +40,34 @@ def gate_values(params: Any) -> dict[str, dict[str, float]]:
   return out
 
 
-class MassRecorder:
-  """Host-side sums of the attention mass on memory keys, per attention module path."""
+def memory_mass(intermediates: Any) -> dict[str, tuple[Any, Any, Any]]:
+  """{attention path: (mass, uniform mass, rows)} summed over what one apply sowed.
 
-  def __init__(self):
-    self._lock = threading.Lock()
-    self.sums = collections.defaultdict(float)
-    self.uniform_sums = collections.defaultdict(float)
-    self.counts = collections.defaultdict(float)
-
-  def add(self, name: str, mass_sum, count, uniform_sum=0.0):
-    with self._lock:
-      self.sums[name] += float(mass_sum)
-      self.uniform_sums[name] += float(uniform_sum)
-      self.counts[name] += float(count)
-
-  def means(self) -> dict[str, float]:
-    return {name: self.sums[name] / self.counts[name] for name in sorted(self.sums)
-            if self.counts[name]}
-
-  def uniform_means(self) -> dict[str, float]:
-    """The same mean under uniform attention over each query's allowed keys."""
-    return {name: self.uniform_sums[name] / self.counts[name] for name in sorted(self.sums)
-            if self.counts[name]}
-
-
-def memory_mass_interceptor(recorder: MassRecorder):
-  """A flax method interceptor that records, for every Attention call with memory key groups,
-  the softmax mass its queries put on those groups (recomputed like Attention.__call__)."""
-  import jax  # pylint: disable=g-import-not-at-top
+  intermediates: the INTERMEDIATES collection of `model.apply(..., mutable=[INTERMEDIATES])`.
+  For every Attention with memory keys (keys before its own Tq keys): the self-attention softmax
+  mass its rows (window, lane, head, query) put on them, the mass uniform attention over each
+  row's allowed keys would put on them, and the number of rows (float32 scalars, traceable).
+  """
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from melodi_jax.layers import attention as attention_lib  # pylint: disable=g-import-not-at-top
-
-  def interceptor(next_fun, args, kwargs, context):
-    module = context.module
-    if not isinstance(module, attention_lib.Attention) or context.method_name != '__call__':
-      return next_fun(*args, **kwargs)
-    x, positions = args[0], np.asarray(args[1])
-    groups = args[2] if len(args) > 2 else kwargs.get('groups', ())
-    span = args[4] if len(args) > 4 else kwargs.get('span')
-    if groups:
-      h = module.norm(x)
-      query, keys = module.query(h), module.key(h)
-      if module.normalize_qk:
-        keys = attention_lib._l2_normalize(keys)  # pylint: disable=protected-access
-        query = (attention_lib._l2_normalize(query)  # pylint: disable=protected-access
-                 * module.qk_scale[:, None].astype(module.dtype))
-      else:
-        query = query * module.head_dim ** -0.5
-      everything = list(groups) + [attention_lib.KeyGroup(keys, keys, positions, None)]
-      all_keys = jnp.concatenate([g.keys.astype(module.dtype) for g in everything], axis=1)
-      key_positions = np.concatenate([g.positions for g in everything])
-      mask = jnp.asarray(attention_lib.causal_mask(positions, key_positions, span))[None, None]
-      valid = jnp.concatenate([attention_lib._valid_or_ones(g) for g in everything], axis=1)  # pylint: disable=protected-access
-      mask = mask & valid[:, None, None, :]
-      logits = jnp.einsum('bqhd,bkhd->bhqk', query, all_keys, preferred_element_type=jnp.float32)
-      logits = logits + module.position_bias(positions, key_positions)
-      logits = jnp.where(mask, logits, -1e30)
-      probs = jax.nn.softmax(logits, axis=-1) * mask
-      memory_keys = sum(g.keys.shape[1] for g in groups)
-      mass = jnp.sum(probs[..., :memory_keys])
-      allowed = jnp.broadcast_to(mask, probs.shape).astype(jnp.float32)
-      uniform = allowed / jnp.maximum(jnp.sum(allowed, axis=-1, keepdims=True), 1.0)
-      uniform_mass = jnp.sum(uniform[..., :memory_keys])
-      count = jnp.asarray(probs.shape[0] * probs.shape[1] * probs.shape[2], jnp.float32)
-      name = '/'.join(module.scope.path)
-      jax.debug.callback(lambda m, c, u, name=name: recorder.add(name, m, c, u), mass, count,
-                         uniform_mass)
-    return next_fun(*args, **kwargs)
-
-  return interceptor
+  from melodi_jax.layers import attention  # pylint: disable=g-import-not-at-top
+  masks = attention.sown(intermediates, 'self_mask')
+  out = {}
+  for name, probs in attention.sown(intermediates, 'self_probs').items():
+    queries, keys = probs.shape[-2:]
+    memory_keys = keys - queries                     # [N, B, H, Tq, Tk]: memory keys come first
+    if not memory_keys:
+      continue
+    allowed = jnp.broadcast_to(masks[name], probs.shape).astype(jnp.float32)
+    uniform = allowed / jnp.maximum(jnp.sum(allowed, axis=-1, keepdims=True), 1.0)
+    out[name] = (jnp.sum(probs[..., :memory_keys]), jnp.sum(uniform[..., :memory_keys]),
+                 jnp.asarray(probs.size // keys, jnp.float32))
+  return out
 
 
 def measure(workdir: str, task: str | None, split: str, batches: int) -> dict:
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   from melodi_jax.experiments import runs  # pylint: disable=g-import-not-at-top
+  from melodi_jax.layers import attention  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import inputs  # pylint: disable=g-import-not-at-top
 
   run = runs.restore(workdir)
@@ -125,11 +76,12 @@ def measure(workdir: str, task: str | None, split: str, batches: int) -> dict:
                            segment_length=config.segment_length,
                            window_length=model.window_length, train=False)
   stream = inputs.open_stream(spec, None, model.vocab_size)
-  recorder = MassRecorder()
+  sums = collections.defaultdict(lambda: np.zeros(3))   # name -> (mass, uniform mass, rows)
 
   def apply(params, tokens, memory, doc_start):
-    with nn.intercept_methods(memory_mass_interceptor(recorder)):
-      return model.apply({'params': params}, tokens, memory, doc_start)
+    (_, memory), state = model.apply({'params': params}, tokens, memory, doc_start,
+                                     mutable=[attention.INTERMEDIATES])
+    return memory, memory_mass(state[attention.INTERMEDIATES])
 
   apply = jax.jit(apply)
   memory = model.init_memory(spec.batch_size)
@@ -138,13 +90,15 @@ def measure(workdir: str, task: str | None, split: str, batches: int) -> dict:
     batch, _ = inputs.next_batch(stream)
     if batch is None:
       break
-    _, memory = apply(run.params, batch['inputs'], memory, batch['doc_start'])
+    memory, masses = apply(run.params, batch['inputs'], memory, batch['doc_start'])
+    for name, values in masses.items():
+      sums[name] += np.asarray(values, np.float64)
     read += 1
-  jax.effects_barrier()
+  means = {name: sums[name] / sums[name][2] for name in sorted(sums) if sums[name][2]}
   return {'workdir': run.workdir, 'step': run.step, 'task': spec.name, 'split': split,
           'batches': read, 'gates': gate_values(run.params),
-          'attention_mass_on_memory': recorder.means(),
-          'uniform_mass_on_memory': recorder.uniform_means()}
+          'attention_mass_on_memory': {name: float(m[0]) for name, m in means.items()},
+          'uniform_mass_on_memory': {name: float(m[1]) for name, m in means.items()}}
 
 
 def main(argv: Sequence[str]) -> None:

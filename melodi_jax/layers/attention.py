@@ -6,8 +6,12 @@ supplies (short-term memory, XL cache, retrieved chunks, ...) under one causal m
 and optionally to a second, gated `cross` group (long-term memory, kNN memory, recurrent states).
 With a `WindowCache` it decodes one token: the query attends to the window's earlier tokens' cached
 keys/values under the same static mask and bias tables, indexed by the token's slot.
+When the caller makes the `INTERMEDIATES` collection mutable, `Attention` also stores what it
+computed (softmax probabilities, masks, the cross gate) there for diagnostics; otherwise nothing is
+stored and the computation is unchanged.
 """
 
+from collections.abc import Mapping
 from typing import NamedTuple, Sequence
 
 import flax.linen as nn
@@ -20,6 +24,17 @@ from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.layers.position import RelativePositionBias
 
 _MASKED = -1e30  # finite so fully-masked rows stay NaN-free; their output is zeroed below
+# Flax collection of the diagnostics `Attention` sows (model.apply(..., mutable=[INTERMEDIATES])):
+# under each Attention module's path,
+#   self_probs: float32[B, H, Tq, Tk], its softmax over [the groups' keys..., its own keys]
+#               (the queries' own Tq keys come last; decoding: the window's W cached keys);
+#   self_mask:  bool[B or 1, 1, Tq, Tk], the keys each query may attend to;
+#   cross_probs: float32[B, H, Tq, K] over the cross memory's K keys (with `cross_top_k`: over
+#               each query's k best keys), only with a cross memory;
+#   cross_gate: [B, 1, H, Dh or 1], the weight g of self-attention (1 - g on the cross memory;
+#               1 in lanes whose cross memory is empty).
+# Each is a one-element tuple (Flax's `sow`); the window scan stacks them to [N, ...].
+INTERMEDIATES = 'intermediates'
 
 
 class KeyGroup(NamedTuple):
@@ -84,14 +99,16 @@ def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
                           mask: jax.Array, bias: jax.Array | None = None, *,
                           dropout_rate: float = 0.0, dropout_rng: jax.Array | None = None,
                           deterministic: bool = True, top_k: int = 0,
-                          approximate: bool = False) -> jax.Array:
+                          approximate: bool = False, return_probs: bool = False):
   """Softmax attention; a query with no allowed key gets a zero output.
 
   query: [B, Tq, H, Dh] (already scaled); keys, values: [B, Tk, H, Dh];
   mask: bool broadcastable to [B, H, Tq, Tk]; bias: float broadcastable to [B, H, Tq, Tk].
   top_k > 0: each query attends only to its k best allowed keys (Memorizing Transformer's kNN
   lookup; `approximate` as in `masked_top_k`); 0: to all allowed keys (dense).
-  Returns [B, Tq, H, Dh] in the query dtype. Softmax runs in float32.
+  Returns [B, Tq, H, Dh] in the query dtype. Softmax runs in float32. With `return_probs`:
+  (that, the softmax probabilities float32[B, H, Tq, Tk] before dropout; [B, H, Tq, k] over the
+  selected keys with top_k), which are computed either way.
   """
   logits = jnp.einsum('bqhd,bkhd->bhqk', query, keys, preferred_element_type=jnp.float32)
   if bias is not None:
@@ -105,10 +122,12 @@ def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
     logits = jnp.where(mask, logits, _MASKED)
     equation = 'bhqk,bkhd->bqhd'
   probs = jax.nn.softmax(logits, axis=-1) * mask
+  weights = probs
   if not deterministic and dropout_rate > 0.0:
     keep = jax.random.bernoulli(dropout_rng, 1.0 - dropout_rate, probs.shape)
-    probs = probs * keep / (1.0 - dropout_rate)
-  return jnp.einsum(equation, probs.astype(values.dtype), values)
+    weights = probs * keep / (1.0 - dropout_rate)
+  output = jnp.einsum(equation, weights.astype(values.dtype), values)
+  return (output, probs) if return_probs else output
 
 
 @jax.custom_vjp
@@ -228,9 +247,11 @@ class Attention(nn.Module):
       mask = mask & valid[:, None, None, :]
     bias = self.position_bias(np.asarray(positions), key_positions, query_index)
     dropout_rng = None if deterministic else self.make_rng('dropout')
-    out = dot_product_attention(query, all_keys, all_values, mask, bias,
-                                dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                deterministic=deterministic)
+    out, probs = dot_product_attention(query, all_keys, all_values, mask, bias,
+                                       dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+                                       deterministic=deterministic, return_probs=True)
+    self.sow(INTERMEDIATES, 'self_probs', probs)  # (no-op unless the collection is mutable)
+    self.sow(INTERMEDIATES, 'self_mask', mask)
     if cross is not None:
       assert self.cross_gate, 'cross-attention needs Attention(cross_gate=True)'
       out = self._gated_cross(query, out, cross, deterministic)
@@ -241,15 +262,35 @@ class Attention(nn.Module):
     """g * self + (1 - g) * cross per head-channel; lanes whose cross memory is empty keep self."""
     valid = _valid_or_ones(cross)
     dropout_rng = None if deterministic else self.make_rng('dropout')
-    cross_out = dot_product_attention(query, cross.keys.astype(self.dtype),
-                                      cross.values.astype(self.dtype), valid[:, None, None, :],
-                                      dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                      deterministic=deterministic, top_k=self.cross_top_k,
-                                      approximate=self.cross_approximate)
+    cross_out, probs = dot_product_attention(
+        query, cross.keys.astype(self.dtype), cross.values.astype(self.dtype),
+        valid[:, None, None, :], dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
+        deterministic=deterministic, top_k=self.cross_top_k, approximate=self.cross_approximate,
+        return_probs=True)
     gate = jax.nn.sigmoid(self.gate_logit).astype(self.dtype)            # [H, Dh or 1]
     has_memory = jnp.any(valid, axis=1)[:, None, None, None]              # [B, 1, 1, 1]
-    gate = jnp.where(has_memory, gate, jnp.ones_like(gate))
+    gate = jnp.where(has_memory, gate, jnp.ones_like(gate))               # [B, 1, H, Dh or 1]
+    self.sow(INTERMEDIATES, 'cross_probs', probs)
+    self.sow(INTERMEDIATES, 'cross_gate', gate)
     return gate * self_out + (1 - gate) * cross_out
+
+
+def sown(intermediates: Mapping, name: str) -> dict[str, jax.Array]:
+  """{module path: value} of what every Attention sowed as `name` (see `INTERMEDIATES`).
+
+  intermediates: the INTERMEDIATES collection of an apply with it mutable; paths are the module
+  paths joined by '/' (e.g. 'stack/layer_00/attention'), sorted; values unwrapped from their
+  one-element tuples (under the window scan: [N, ...]).
+  """
+  found = {}
+  def visit(tree, path):
+    for key, value in tree.items():
+      if key == name and isinstance(value, tuple):
+        found['/'.join(path)] = value[0]
+      elif isinstance(value, Mapping):
+        visit(value, path + (key,))
+  visit(intermediates, ())
+  return dict(sorted(found.items()))
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:

@@ -6,6 +6,9 @@ at document starts happens in one place. With `ModelConfig.remat` the same `Wind
 `recompute.window_scan` instead (same values and gradients; each window recomputed in the
 backward pass, long-term FIFOs saved once; dropout keys are then split per window here, so with
 dropout on the random masks differ from the `nn.scan` path's).
+What the attention sows for diagnostics (layers/attention.py `INTERMEDIATES`, when the caller makes
+that collection mutable) comes out stacked per window, [N, ...]; such calls take the `nn.scan`
+path even with remat.
 """
 
 import flax.linen as nn
@@ -13,7 +16,7 @@ import jax
 import jax.numpy as jnp
 
 from melodi_jax.layers import axes
-from melodi_jax.layers.attention import WindowCache
+from melodi_jax.layers.attention import INTERMEDIATES, WindowCache
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models import recompute, state
 from melodi_jax.models.config import ModelConfig
@@ -117,10 +120,12 @@ class DecoderLM(nn.Module):
     else:
       x = x.reshape(batch, num_windows, window, config.model_dim).swapaxes(0, 1)  # [N, B, W, d]
       windows = (x, jnp.asarray(doc_start, bool).T)
-      if config.remat and not self.is_initializing():
+      recording = self.is_mutable_collection(INTERMEDIATES)
+      if config.remat and not self.is_initializing() and not recording:
         memory, y = self._recomputing_scan(memory, windows, train)
       else:  # (initialization always takes this path: it creates the 'stack' parameters)
         scan = nn.scan(WindowStack, variable_broadcast='params',
+                       variable_axes={INTERMEDIATES: 0},
                        split_rngs={'params': False, 'dropout': True},
                        in_axes=0, out_axes=0, length=num_windows)
         memory, y = scan(config, deterministic=not train, name='stack')(memory, windows)

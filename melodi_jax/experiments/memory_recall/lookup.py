@@ -11,11 +11,11 @@ DIR: a run trained on mqar_bytes (typically a stage-1 run, k = 0 only) of an XL-
    scored on the test grid's first --documents documents per (N, k). Memorizing's stored keys
    carry no gradient, so its buffer is useful only in a layer whose local keys already answer a
    content query: this shows which, before any training.
-Attention weights are read with a jax.debug.callback around the shared attention primitive.
+Attention weights are the self-attention probabilities the model's Attention sows when asked
+(layers/attention.py `INTERMEDIATES`).
 """
 from __future__ import annotations
 
-import contextlib
 import json
 from typing import Sequence
 
@@ -39,49 +39,24 @@ def define_flags() -> None:
 FLAGS = flags.FLAGS
 
 
-@contextlib.contextmanager
-def recorded_attention(record: list):
-  """Within the block every call of the attention primitive appends its probabilities
-  [B, H, Tq, Tk] (before any top-k) to `record`, in call order."""
-  import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from melodi_jax.layers import attention  # pylint: disable=g-import-not-at-top
-  original = attention.dot_product_attention
-
-  def recording(query, keys, values, mask, bias=None, **kwargs):
-    logits = jnp.einsum('bqhd,bkhd->bhqk', query, keys, preferred_element_type=jnp.float32)
-    if bias is not None:
-      logits = logits + bias
-    probs = jax.nn.softmax(jnp.where(mask, logits, -1e30), axis=-1) * mask
-    jax.debug.callback(lambda p: record.append(np.asarray(p)), probs, ordered=True)
-    return original(query, keys, values, mask, bias, **kwargs)
-
-  attention.dot_product_attention = recording
-  try:
-    yield
-  finally:
-    attention.dot_product_attention = original
-
-
 def lookup_attention(model, params, config, documents: int) -> dict:
   """{N: [[weight on the stored value per head] per layer]} at k = 0 (one window)."""
   import jax  # pylint: disable=g-import-not-at-top
   from melodi_jax.data import mqar  # pylint: disable=g-import-not-at-top
+  from melodi_jax.layers import attention  # pylint: disable=g-import-not-at-top
   w = model.window_length
+  apply = jax.jit(lambda p, t, m, d: model.apply({'params': p}, t, m, d,
+                                                 mutable=[attention.INTERMEDIATES]))
   result = {}
   for pairs in PAIRS:
     rng = np.random.default_rng([config.seed, 31, pairs])
     episodes = [mqar.eval_document(rng, config, pairs, 0) for _ in range(documents)]
     tokens = np.stack([np.pad(t, (0, max(0, w - len(t))), constant_values=mqar.FILLER_FIRST)[:w]
                        for t, _ in episodes]).astype(np.int32)
-    record: list = []
-    with recorded_attention(record):
-      jax.block_until_ready(model.apply({'params': params}, tokens, model.init_memory(documents),
-                                        np.ones((documents, 1), bool)))
+    _, state = apply(params, tokens, model.init_memory(documents), np.ones((documents, 1), bool))
     layers = []
-    for probs in record:
-      if probs.shape[-1] < w:   # not a window's self-attention (e.g. a memory's cross read)
-        continue
+    for probs in attention.sown(state[attention.INTERMEDIATES], 'self_probs').values():
+      probs = np.asarray(probs[0])  # the one window: [B, H, Tq, Tk]
       own = probs.shape[-1] - w  # the window's own keys come last (after cache / memory keys)
       weights = [probs[d, :, q - 1, own + s]
                  for d, (_, e) in enumerate(episodes)
