@@ -6,8 +6,8 @@
 With --sweep_windows, --steps=0 only compiles: compile time and XLA's memory figures per N.
 
 First measures the machine's dense-matmul roofline at the model's compute dtype (a large
-`jnp.dot`), then builds the model and a train step (next-token loss, optax, jit with donation)
-and an eval step, compiles them, runs warm-up steps and times `--steps` more, each to completion.
+`jnp.dot`), then builds the model, the trainer's train step (train/step.py: loss, gradient,
+update, memory carry; here under BenchConfig's optimizer, on a synthetic batch) and an eval step, compiles them, runs warm-up steps and times `--steps` more, each to completion.
 FLOPs are dot-product FLOPs counted on the step's jaxpr with every scan multiplied by its length
 (XLA's cost analysis counts a loop body once; its figure is reported alongside). Two counts: model
 FLOPs = 3 x the forward pass (the usual MFU convention; what `roofline_fraction` uses) and executed
@@ -31,7 +31,8 @@ import numpy as np
 
 from melodi_jax import models
 from melodi_jax.bench_lib import cli, flops, profile
-from melodi_jax.bench_lib.steps import BenchConfig, make_optimizer, make_steps
+from melodi_jax.bench_lib.steps import BenchConfig, make_optimizer, make_steps, synthetic_batch
+from melodi_jax.train.step import init_state
 
 cli.define_common_flags()
 flags.DEFINE_integer('steps', 20, 'timed steps after warm-up (the median is reported); 0 with '
@@ -141,21 +142,22 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   variables = jax.jit(model.init)(rng, tokens[:, :window], memory, doc_start[:, :1])
   params = nn.meta.unbox(variables)['params']
   optimizer = make_optimizer(optimizer_name, learning_rate)
-  opt_state = jax.jit(optimizer.init)(params)
-  jax.block_until_ready(opt_state)
+  state = jax.jit(lambda p: init_state(p, optimizer, jax.random.key(1)))(params)
+  del params, variables  # (the state holds a copy; the train step donates it)
+  jax.block_until_ready(state)
   init_s = time.perf_counter() - start
   steps_fns = make_steps(model, optimizer)
+  batch = synthetic_batch(tokens, doc_start)
 
   # Train step.
   start, start_cpu = time.perf_counter(), time.process_time()
-  lowered = steps_fns.train.lower(params, opt_state, memory, tokens, doc_start, rng)
+  lowered = steps_fns.train.lower(state, memory, batch)
   lower_s = time.perf_counter() - start
   compiled = lowered.compile()
   compile_s = time.perf_counter() - start
   compile_cpu_s = time.process_time() - start_cpu   # robust to other processes on the cores
-  executed_flops = flops.matmul_flops(steps_fns.train_fn, params, opt_state, memory, tokens,
-                                      doc_start, rng)
-  forward_flops = flops.matmul_flops(steps_fns.eval_fn, params, memory, tokens, doc_start)
+  executed_flops = flops.matmul_flops(steps_fns.train_fn, state, memory, batch)
+  forward_flops = flops.matmul_flops(steps_fns.eval_fn, state.params, memory, batch)
   train_flops = 3 * forward_flops
   if not steps:  # compile only (sweeps of compile time and activation memory)
     return {'segment_length': segment_length, 'num_windows': num_windows,
@@ -163,22 +165,21 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
                       'matmul_flops': train_flops, 'executed_flops': executed_flops,
                       'compiled_memory': _compiled_memory(compiled)},
             'peak_rss_bytes': _peak_rss_bytes()}
-  keys = iter(jax.random.split(jax.random.PRNGKey(1), warmup + steps))
 
-  def train_once(state):
-    p, o, m = state
-    p, o, m, _ = compiled(p, o, m, tokens, doc_start, next(keys))
-    return p, o, m
+  def train_once(carry):
+    s, m = carry
+    s, m, _ = compiled(s, m, batch)
+    return s, m
 
   probe = roofline.probe if roofline else None
-  times, cpus, probes, (params, opt_state, memory) = _time_steps(
-      train_once, (params, opt_state, memory), warmup, steps, probe)
+  times, cpus, probes, (state, memory) = _time_steps(train_once, (state, memory), warmup, steps,
+                                                     probe)
   train = _timing(compile_s, times)
   where = None
   if profile_steps:
-    keys = iter(jax.random.split(jax.random.PRNGKey(2), profile_steps))
-    where, (params, opt_state, memory) = profile.profile(
-        train_once, (params, opt_state, memory), profile_steps, compiled.as_text())
+    where, (state, memory) = profile.profile(train_once, (state, memory), profile_steps,
+                                             compiled.as_text())
+  params = state.params
   tokens_per_step = batch_size * segment_length
   result = {
       'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
@@ -207,12 +208,12 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
 
   if with_eval:
     start = time.perf_counter()
-    compiled_eval = steps_fns.evaluate.lower(params, memory, tokens, doc_start).compile()
+    compiled_eval = steps_fns.evaluate.lower(params, memory, batch).compile()
     eval_compile_s = time.perf_counter() - start
     eval_flops = forward_flops
 
     def eval_once(state):
-      return compiled_eval(params, state[0], tokens, doc_start)   # (memory, loss): wait for both
+      return compiled_eval(params, state[0], batch)   # (memory, loss): wait for both
 
     times, cpus, probes, (memory, _) = _time_steps(eval_once, (memory, None), warmup, steps, probe)
     evaluation = _timing(eval_compile_s, times)

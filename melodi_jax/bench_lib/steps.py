@@ -1,9 +1,5 @@
-"""A small train step and eval step for benchmarking (next-token cross entropy, optax, one jit).
-
-Until the trainer's step is shared, this is the step the benchmark times. Within a segment the
-loss covers positions 0 .. T-2 (the last token has no target inside the segment); memory is
-carried from step to step with gradients stopped, as in truncated BPTT.
-"""
+"""The steps the benchmark times: the trainer's train step (train/step.py) on a synthetic batch,
+under the benchmark's optimizer, and a forward eval step with the same loss."""
 
 import dataclasses
 from typing import Any, Callable
@@ -14,6 +10,8 @@ import jax.numpy as jnp
 import optax
 
 from melodi_jax import models
+from melodi_jax.train import metrics
+from melodi_jax.train.step import Batch, make_train_step
 
 
 @gin.configurable
@@ -34,17 +32,20 @@ def make_optimizer(name: str, learning_rate: float) -> optax.GradientTransformat
   raise ValueError(f"BenchConfig.optimizer = {name!r}: use 'adamw' or 'adafactor'")
 
 
-def next_token_loss(logits: jax.Array, tokens: jax.Array) -> jax.Array:
-  """Mean cross entropy of logits float32[B, T, V] predicting tokens int32[B, T] shifted by one."""
-  logp = jax.nn.log_softmax(logits[:, :-1])
-  picked = jnp.take_along_axis(logp, tokens[:, 1:, None], axis=-1)[..., 0]
-  return -jnp.mean(picked)
+def synthetic_batch(tokens: jax.Array, doc_start: jax.Array) -> Batch:
+  """A training batch of tokens int32[B, T] predicting themselves shifted by one (the last
+  position has no target inside the segment: weight 0); doc_start bool[B, N]; 1 byte a token."""
+  weights = jnp.ones(tokens.shape, jnp.float32).at[:, -1].set(0.0)
+  return {'inputs': tokens, 'targets': jnp.roll(tokens, -1, axis=1), 'loss_weights': weights,
+          'doc_start': doc_start, 'bytes': jnp.full(tokens.shape[:1], tokens.shape[1],
+                                                    jnp.float32)}
 
 
 @dataclasses.dataclass
 class Steps:
-  """train(params, opt_state, memory, tokens, doc_start, rng) -> (params, opt_state, memory, loss);
-  evaluate(params, memory, tokens, doc_start) -> (memory, loss). Both jitted with donation."""
+  """train(state, memory, batch) -> (state, memory, metrics): the trainer's step (state:
+  train/step.py TrainState); evaluate(params, memory, batch) -> (memory, loss). Both jitted with
+  donation of state and memory."""
   train: Callable[..., Any]
   evaluate: Callable[..., Any]
   train_fn: Callable[..., Any]     # the unjitted train step (for FLOP counting)
@@ -53,22 +54,14 @@ class Steps:
 
 
 def make_steps(model: models.DecoderLM, optimizer: optax.GradientTransformation) -> Steps:
-  def loss_fn(params, memory, tokens, doc_start, rng):
-    logits, new_memory = model.apply({'params': params}, tokens, memory, doc_start, train=True,
-                                     rngs={'dropout': rng})
-    return next_token_loss(logits, tokens), new_memory
+  train = make_train_step(model, optimizer)
 
-  def train(params, opt_state, memory, tokens, doc_start, rng):
-    (loss, new_memory), grads = jax.value_and_grad(loss_fn, has_aux=True)(
-        params, memory, tokens, doc_start, rng)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    params = optax.apply_updates(params, updates)
-    return params, opt_state, jax.lax.stop_gradient(new_memory), loss
+  def evaluate(params, memory, batch: Batch):
+    logits, new_memory = model.apply({'params': params}, batch['inputs'], memory,
+                                     batch['doc_start'])
+    sums = metrics.loss_sums(logits, batch['targets'], batch['loss_weights'], batch['bytes'])
+    return new_memory, sums['nats'] / jnp.maximum(sums['tokens'], 1.0)
 
-  def evaluate(params, memory, tokens, doc_start):
-    logits, new_memory = model.apply({'params': params}, tokens, memory, doc_start)
-    return new_memory, next_token_loss(logits, tokens)
-
-  return Steps(train=jax.jit(train, donate_argnums=(0, 1, 2)),
+  return Steps(train=jax.jit(train, donate_argnums=(0, 1)),
                evaluate=jax.jit(evaluate, donate_argnums=(1,)),
                train_fn=train, eval_fn=evaluate, optimizer=optimizer)

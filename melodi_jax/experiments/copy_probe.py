@@ -69,6 +69,7 @@ def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_
   import optax  # pylint: disable=g-import-not-at-top
   from melodi_jax import models  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import cli, config, optim  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
   cli.parse_gin(list(gin_files), list(bindings), ['configs'])
   train_config = config.TrainConfig()
@@ -81,25 +82,25 @@ def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_
   inputs, _, _ = copy_batch(rng, batch, length)
   params = model.init(jax.random.key(seed), inputs, memory, doc_start)['params']
   optimizer = optax.adamw(learning_rate, b2=0.98)
-  opt_state = optimizer.init(params)
+  state = step_lib.init_state(params, optimizer, jax.random.key(seed))
 
-  @jax.jit
-  def step(params, opt_state, inputs, targets, weights):
-    def loss_fn(p):
-      logits, _ = model.apply({'params': p}, inputs, memory, doc_start)
-      nats = optax.softmax_cross_entropy_with_integer_labels(logits, targets)
-      return (nats * weights).sum() / weights.sum(), nats[:, window:].mean()  # trained, scored
-    (_, loss), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, loss
+  def scored(logits, batch):  # the copy loss after the first window, whatever is trained
+    nats = optax.softmax_cross_entropy_with_integer_labels(logits, batch['targets'])
+    return {'scored': nats[:, window:].mean()}
+
+  # Deterministic (no dropout). Every lane starts a document at window 0, so each step starts
+  # from the initial memory.
+  step = jax.jit(step_lib.make_train_step(model, optimizer, dropout=False, extra_metrics=scored))
 
   curve, formed, start = [], None, time.time()
   for i in range(1, steps + 1):
     inputs, targets, copyable = copy_batch(rng, batch, length)
-    params, opt_state, loss = step(params, opt_state, inputs, targets,
-                                   loss_weights(copyable, window, loss_on))
+    state, _, step_metrics = step(state, memory, {
+        'inputs': inputs, 'targets': targets, 'doc_start': doc_start,
+        'loss_weights': loss_weights(copyable, window, loss_on),
+        'bytes': np.full(batch, length, np.float32)})
     if i % log_every == 0 or i == steps:
-      loss = float(loss)
+      loss = float(step_metrics['scored'])
       curve.append({'step': i, 'loss': loss})
       if formed is None and loss < formed_below:
         formed = i

@@ -4,35 +4,25 @@ from __future__ import annotations
 
 import os
 import signal
-from typing import Any
 
 from absl import logging
-import flax
 import flax.linen as nn
 import gin
 import jax
 from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from melodi_jax.models import freezing
 from melodi_jax.train import checkpoints, cli, evaluator, inputs, metrics, optim, partitioning
 from melodi_jax.train import collapse, warm_start
 from melodi_jax.train.config import TrainConfig
 from melodi_jax.train.errors import UserError
+from melodi_jax.train.step import TrainState, init_state, make_train_step
 
 
 class TrainingDiverged(RuntimeError):
   """The loss became NaN or inf; the last good state was saved first."""
-
-
-@flax.struct.dataclass
-class TrainState:
-  step: jax.Array       # int32[]: optimizer steps taken
-  params: Any
-  opt_state: Any
-  rng: jax.Array        # uint32[2]: key data; dropout uses fold_in(rng, step)
 
 
 class StopRequest:
@@ -159,43 +149,17 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   state_sharding = TrainState(step=replicated, params=params_sharding, opt_state=opt_sharding,
                               rng=replicated)
 
-  def init_state(seed):
+  def new_state(seed):
     params_key, dropout_key = jax.random.split(jax.random.key(seed))
-    params = nn.meta.unbox(init_params(params_key))
-    return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                      rng=jax.random.key_data(dropout_key))
+    return init_state(nn.meta.unbox(init_params(params_key)), tx, dropout_key)
 
   init_memory = jax.jit(lambda: model.init_memory(batch_size), out_shardings=memory_sharding)
 
   # ---------------------------------------------------------------------------------------
-  # Update step: memory enters as a constant (no gradient into earlier segments) and a step
-  # whose loss or gradient is not finite changes nothing, so the state stays the last good one.
-  def train_step(state: TrainState, memory, batch):
-    memory = jax.lax.stop_gradient(memory)
-    dropout_key = jax.random.fold_in(jax.random.wrap_key_data(state.rng), state.step)
-
-    def loss_fn(params):
-      logits, new_memory = model.apply(
-          {'params': params}, batch['inputs'], memory, batch['doc_start'], train=True,
-          rngs={'dropout': dropout_key})
-      sums = metrics.loss_sums(logits, batch['targets'], batch['loss_weights'], batch['bytes'])
-      return sums['nats'] / jnp.maximum(sums['tokens'], 1.0), (new_memory, sums)
-
-    (loss, (new_memory, sums)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    grad_norm = optax.global_norm(grads)
-    ok = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-    new_state = state.replace(step=state.step + 1, params=optax.apply_updates(state.params,
-                                                                              updates),
-                              opt_state=opt_state)
-    new_state, new_memory = jax.tree.map(lambda new, old: jnp.where(ok, new, old),
-                                         (new_state, new_memory), (state, memory))
-    step_metrics = dict(loss=loss, grad_norm=grad_norm, learning_rate=schedule(state.step),
-                        ok=ok, **sums)
-    return new_state, new_memory, step_metrics
-
+  # Update step (train/step.py): memory enters as a constant (no gradient into earlier
+  # segments) and a step whose loss or gradient is not finite changes nothing.
   train_step = jax.jit(
-      train_step, in_shardings=(state_sharding, memory_sharding, batch_sharding),
+      make_train_step(model, tx, schedule), in_shardings=(state_sharding, memory_sharding, batch_sharding),
       out_shardings=(state_sharding, memory_sharding, replicated), donate_argnums=(0, 1))
 
   # ---------------------------------------------------------------------------------------
@@ -208,7 +172,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
       'opt_state': _with_shardings(abstract_opt_state, opt_sharding),
       'memory': _with_shardings(abstract_memory, memory_sharding)})
   if restored is None:
-    state, memory = jax.jit(init_state, out_shardings=state_sharding)(config.seed), init_memory()
+    state, memory = jax.jit(new_state, out_shardings=state_sharding)(config.seed), init_memory()
     logging.info('initialized a new run in %s', workdir)
     if warm:
       warm_start.log_plan(warm, abstract_params, workdir)
