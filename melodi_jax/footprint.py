@@ -1,4 +1,5 @@
-"""Memory kept between windows per sequence, read off the model's own memory pytree (DESIGN §6).
+"""Memory kept between windows per sequence, read off the model's own memory pytree (the
+accounting of the MELODI paper's footprint table).
 
   python -m melodi_jax.footprint --gin_file=paper/melodi_s128_l64.gin [--gin_bindings=...] [--json]
   python -m melodi_jax.footprint --all [--config_dir=configs/paper] [--plot=footprint.png] [--json]

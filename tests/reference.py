@@ -1,8 +1,9 @@
-"""An independent full-sequence reference for the window-scanned models (issue 16).
+"""An independent full-sequence reference for the window-scanned models.
 
-Written from the definitions in DESIGN §3 and §5, not from melodi_jax: the whole sequence at once
-in numpy float64, every memory an explicit mask over global positions. It imports nothing from
-melodi_jax; it reads the parameter tree (by name) and a few sizes from the model's config.
+Written from the definitions (WORKSPACE.md's window flow, the memory kinds' papers), not from
+melodi_jax: the whole sequence at once in numpy float64, every memory an explicit mask over
+global positions. It imports nothing from melodi_jax; it reads the parameter tree (by name) and
+a few sizes from the model's config.
 
   vanilla          a token sees the earlier tokens of its own window and itself (block diagonal)
   transformer_xl   a token sees the W tokens before it and itself (banded), within its document

@@ -15,7 +15,7 @@ from melodi_jax import footprint, models
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# The paper's main table (DESIGN §6), as printed.
+# The MELODI paper's main table (memory footprint per sequence), as printed.
 PAPER_TABLE = {
     'transformer_xl': '13.6M',
     'block_recurrent': '13.1M',

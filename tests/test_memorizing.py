@@ -109,7 +109,7 @@ def test_memory_content_carries_no_gradient_but_information():
 
 
 def test_paper_config_footprint():
-  """Floats kept per lane, counted from the memory pytree: the paper's 147.8M (DESIGN §6)."""
+  """Floats kept per lane, counted from the memory pytree: the MELODI paper's 147.8M."""
   expected = 13 * 512 * 2 * 1024 + 65536 * 2 * 1024
   assert zoo.floats_per_lane('paper/memorizing_dense_64k.gin') == expected
 

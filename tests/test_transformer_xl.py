@@ -41,7 +41,7 @@ def test_each_token_sees_exactly_the_w_tokens_before_it():
 
 
 def test_paper_config_footprint():
-  """Floats kept per lane, counted from the memory pytree: the paper's 13.6M (DESIGN §6)."""
+  """Floats kept per lane, counted from the memory pytree: the MELODI paper's 13.6M."""
   assert zoo.floats_per_lane('paper/transformer_xl.gin') == 13 * 512 * 2 * 1024
 
 

@@ -1,7 +1,7 @@
 """absl plumbing shared by footprint.py and bench.py: gin flags and one-line user errors.
 
-Every error a user can cause ends as one line on stderr naming the flag to change, exit status 2
-(DESIGN §9); absl's own flag-parsing errors are caught the same way.
+Every error a user can cause ends as one line on stderr naming the flag to change, exit status 2;
+absl's own flag-parsing errors are caught the same way.
 """
 
 import logging

@@ -95,8 +95,3 @@ class Roofline:
             'flops_per_s': self.flops / wall,
             'best_flops_per_s': self.flops / min(p[0] for p in probes),
             'flops_per_cpu_s': self.flops / cpu}
-
-
-def measure_roofline(dtype: jnp.dtype, size: int | None = None, repeats: int = 7) -> dict:
-  """Roofline(dtype, size).measure(repeats)."""
-  return Roofline(dtype, size).measure(repeats)

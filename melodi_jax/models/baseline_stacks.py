@@ -1,4 +1,4 @@
-"""Stack plans of the baselines (DESIGN §5): Transformer-XL layers, some carrying a memory addon.
+"""Stack plans of the baselines: Transformer-XL layers, some carrying a memory addon.
 
 Layer indices may be negative (Python style, counted from the top): -3 is third from the top.
 """

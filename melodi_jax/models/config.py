@@ -1,7 +1,7 @@
 """The gin-configured model hyperparameters shared by every layer kind.
 
 Which layers carry which memory is decided by `ModelConfig.stack`, a stack plan (e.g.
-`MelodiStack`, `VanillaStack`) that returns one options object per layer; see models/stack.py.
+`MelodiStack`, `VanillaStack`) that returns one options object per layer; see models/stacks.py.
 """
 
 import dataclasses

@@ -64,7 +64,8 @@ class WindowStack(nn.Module):
 
 
 class DecoderLM(nn.Module):
-  """A window-recurrent decoder language model (see DESIGN §3 for the contract)."""
+  """A window-recurrent decoder language model: `__call__` states the contract, WORKSPACE.md
+  ('How a window flows through the stack') what happens inside."""
   config: ModelConfig
 
   @property

@@ -51,13 +51,3 @@ def reset(memory: dict, initial: dict, doc_start: jax.Array) -> dict:
     lanes = doc_start.reshape(doc_start.shape + (1,) * (current.ndim - 1))
     return jnp.where(lanes, fresh.astype(current.dtype), current)
   return jax.tree_util.tree_map(choose, memory, initial)
-
-
-def filled_slots(memory: dict) -> dict:
-  """Number of filled slots per lane for every layer part with a validity mask (diagnostics)."""
-  counts = {}
-  for name, layer in memory.items():
-    for part, state in layer.items():
-      if isinstance(state, dict) and 'valid' in state:
-        counts[f'{name}/{part}'] = jnp.sum(state['valid'], axis=-1)
-  return counts
