@@ -48,6 +48,12 @@ def test_report_from_saved_rows(tmp_path):
   _saved_row(saved, 'vanilla', lambda k: 1.0 if k == 0 else 0.02)
   _saved_row(saved, 'memorizing_dense', lambda k: 0.97)
   _saved_row(saved, 'transformer_xl', lambda k: 0.5 if k == 8 else 0.97)
+  reach = [{'pairs': 1, 'distance': k, 'documents': 4, 'accuracy': 0.5 if k < 64 else 0.0,
+            'standard_error': 0.02, 'source_windows': {}} for k in (2, 64)]
+  _write(os.path.join(saved, 'memorizing_dense', 'reach', 'mqar_test_30_n1.json'),
+         {'step': 30, 'chance': 1 / 64, 'cells': reach})
+  _write(os.path.join(saved, 'memorizing_dense', 'reach', 'memory_usage.json'),
+         {'gates': {'stack/layer_01': {'memory_weight': 0.61, 'min': 0.5, 'max': 0.7}}})
   path = report.write(saved, out, ['vanilla', 'memorizing_dense', 'transformer_xl', 'melodi'],
                       'cmd')
   text = open(path, encoding='utf-8').read()
@@ -64,7 +70,10 @@ def test_report_from_saved_rows(tmp_path):
   xl = text[text.index('## Transformer-XL'):]
   assert ('at chance (within 3 standard errors of 0.016) for every k beyond its reach (k > 4): '
           '**does not hold** (highest 0.500 ± 0.010 at N = 1, k = 8)') in xl
-  for plot in ('memory_recall.png', 'memory_recall_training.png'):
+  # Stage 3 (reach): its own N = 1 table for the rows that ran it, the others named.
+  assert '| Memorizing (dense) | 0.50 ± 0.02 | 0.00 ± 0.02 | 0.610 |' in text
+  assert 'Stage 3 not run yet: ' in text and 'vanilla' in text.split('Stage 3 not run yet: ')[1]
+  for plot in ('memory_recall.png', 'memory_recall_training.png', 'memory_recall_reach.png'):
     assert os.path.getsize(os.path.join(out, plot)) > 1000
 
 

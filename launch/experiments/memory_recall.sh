@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Multi-query associative recall across windows (melodi_jax/data/mqar.py): every row is the small
 # model with its memory kind (configs/experiments/memory_recall/<row>.gin), trained from scratch
-# with the same data, steps, optimizer and seed in two curriculum stages:
+# with the same data, steps, optimizer and seed in three curriculum stages:
 #   1. <row>_k0: store and query in the same window (k = 0) only, so the in-window recall circuit
 #      forms first (configs/experiments/memory_recall/stage_k0.gin);
-#   2. <row>: warm-started from stage 1 (--init_from), the train mix of k = 0..7 windows, every
-#      episode inside one training segment (so the loss's gradient reaches every memory write).
-# Then each row is scored on the test grid (N in {1, 4, 16} x k in {0, 1, 2, 4, 8, 16, 32, 64},
-# memory carried across segments), its gates and attention mass on memory are measured, its small
-# outputs are copied to $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them
+#   2. <row>: warm-started from stage 1 (--init_from), the train mix of k = 0..3 windows, every
+#      episode inside one training segment (so the loss's gradient reaches every memory write);
+#   3. <row>_reach: warm-started from stage 2, N = 1 at k = 2, 4, 8 only (stage_reach.gin), so a
+#      memory that reaches far gets a training signal beyond the short-term recurrence's reach.
+# Stage 2 is scored on the test grid (N in {1, 4, 16} x k in {0, 1, 2, 4, 8, 16, 32, 64},
+# memory carried across segments), stage 3 on its N = 1 part; their gates and attention mass on
+# memory are measured, the row's small outputs are copied to $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them
 # without retraining), and $OUT_DIR/memory_recall.md + plots are written.
 # Resumable: finished stages, scores and measurements are skipped; an interrupted run resumes.
 #   bash launch/experiments/memory_recall.sh
@@ -61,6 +63,29 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
       cp "$EXP_DIR/$stage"/eval/mqar_bytes_validation_*.json "$SAVED/$row/$stage/" 2>/dev/null || true
     done
     cp "$workdir/eval/mqar_test_$step.json" "$workdir/model_stats.json" "$usage" "$SAVED/$row/"
+
+    # Stage 3, reach: N = 1 at k = 2, 4, 8 from stage 2, scored on N = 1 of the test grid.
+    reach="$EXP_DIR/${row}_reach"
+    if [ "$(latest_step "$reach")" -eq 0 ]; then warm=(--init_from="$workdir"); else warm=(); fi
+    train_row "${row}_reach" "$gin" --gin_file=experiments/memory_recall/stage_reach.gin \
+      "${warm[@]}" "$@"
+    step="$(latest_step "$reach")"
+    if [ ! -f "$reach/eval/mqar_test_${step}_n1.json" ] || [ "$SMOKE" = 1 ]; then
+      log "${row}_reach: scoring N = 1 of the test grid"
+      "$PYTHON" -m melodi_jax.experiments.memory_recall.score --workdir="$reach" --split=test \
+        --pairs=1 --force "${SCORE_CAP[@]}" 2>>"$reach/eval.log" | tail -n 3
+    fi
+    usage="$reach/memory_usage.json"
+    if ! grep -q "\"step\": $step," "$usage" 2>/dev/null; then
+      "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$reach" --json \
+        --split=validation --batches="${MEMORY_USAGE_BATCHES:-8}" > "$usage.tmp" \
+        2>>"$reach/eval.log"
+      mv "$usage.tmp" "$usage"
+    fi
+    mkdir -p "$SAVED/$row/reach"
+    cp "$reach/config.gin" "$reach/train_metrics.jsonl" "$reach/eval/mqar_test_${step}_n1.json" \
+      "$usage" "$SAVED/$row/reach/"
+    cp "$reach/train_wall.jsonl" "$SAVED/$row/reach/" 2>/dev/null || true
   done
 fi
 "$PYTHON" -m melodi_jax.experiments.memory_recall.report --saved="$SAVED" --out="$OUT_DIR" \

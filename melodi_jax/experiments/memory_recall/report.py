@@ -4,8 +4,9 @@
       --out=results --rows=vanilla,transformer_xl,... --command="..."
 
 Reads <saved>/<row>/ (mqar_test_<step>.json from score.py, model_stats.json, memory_usage.json,
-and <row>_k0/ + <row>/ with each curriculum stage's config.gin and train_metrics.jsonl), so the
-report rebuilds without the training folders.
+and <row>_k0/ + <row>/ with each curriculum stage's config.gin and train_metrics.jsonl; reach/
+with stage 3's N = 1 scores and gates when it ran), so the report rebuilds without the training
+folders.
 """
 from __future__ import annotations
 
@@ -102,7 +103,22 @@ def load_row(saved: str, row: str) -> dict | None:
   return {'row': row, 'score': _read_json(scores[-1]), 'config': config_text,
           'stats': _read_json(os.path.join(folder, 'model_stats.json')),
           'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {},
-          'stages': stages}
+          'stages': stages, 'reach': _load_reach(os.path.join(folder, 'reach'))}
+
+
+def _load_reach(folder: str) -> dict | None:
+  """Stage 3's saved outputs (N = 1 scores, gates, seconds), or None when it has not run."""
+  scores = glob.glob(os.path.join(folder, 'mqar_test_*_n1.json'))
+  if not scores:
+    return None
+  wall_path = os.path.join(folder, 'train_wall.jsonl')
+  seconds = 0.0
+  if os.path.isfile(wall_path):
+    with open(wall_path, encoding='utf-8') as f:
+      seconds = sum(json.loads(line)['seconds'] for line in f if line.strip())
+  usage_path = os.path.join(folder, 'memory_usage.json')
+  return {'score': _read_json(scores[0]), 'seconds': seconds,
+          'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {}}
 
 
 def _cell_table(data: dict) -> list[str]:
@@ -197,10 +213,13 @@ def expectations(data: dict, chance: float) -> list[str]:
     span = 32  # the long-term FIFO's windows (reach() of the long-term part)
     match = re.search(r'= the last (\d+) windows', reach(data['config'])[0])
     span = int(match.group(1)) if match else span
-    inside = [c for c in cells if c['pairs'] == 1 and 1 <= c['distance'] <= span]
+    stage = 'after stage 3' if data.get('reach') else 'after stage 2'
+    source = data['reach']['score']['cells'] if data.get('reach') else cells
+    inside = [c for c in source if c['pairs'] == 1 and 1 <= c['distance'] <= span]
     if inside:
       worst = min(inside, key=lambda c: c['accuracy'] - 3 * c['standard_error'])
-      check(f'N = 1 above chance + 3 standard errors at every k up to the FIFO span ({span})',
+      check(f'N = 1 above chance + 3 standard errors at every k up to the FIFO span ({span}), '
+            f'{stage}',
             all(_above_chance(c, chance) for c in inside),
             f'weakest {worst["accuracy"]:.3f} ± {worst["standard_error"]:.3f} at k = '
             f'{worst["distance"]}')
@@ -300,19 +319,41 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
              f'[{saved}/diagnostics/README.md]({os.path.relpath(saved, out)}/diagnostics/README.md).',
              '']
   text += ['| model | reach (how far back it can see) | memory floats / lane | k = 0, N = 4 | '
-           'train time |', '|---|---|---|---|---|']
+           'train time (all stages) |', '|---|---|---|---|---|']
   for data in loaded:
     note, _ = reach(data['config'])
     by = {(c['pairs'], c['distance']): c for c in data['score']['cells']}
     k0 = by.get((4, 0))
     k0_text = f'{k0["accuracy"]:.2f} ± {k0["standard_error"]:.2f}' if k0 else 'n/a'
-    seconds = sum(s['seconds'] for s in data['stages'].values())
+    seconds = sum(s['seconds'] for s in data['stages'].values()) + (
+        data['reach']['seconds'] if data['reach'] else 0.0)
     floats = data['stats'].get('memory_floats_per_lane', {})
     floats = floats.get('floats') if isinstance(floats, dict) else floats
     text.append(f'| {LABELS.get(data["row"], data["row"])} | {note} | '
                 f'{floats if floats is not None else "—"} | {k0_text} | {seconds / 60:.0f} min |')
   text += ['', '![accuracy per k](memory_recall.png)', '',
            '![training loss](memory_recall_training.png)', '']
+  reached = [data for data in loaded if data['reach']]
+  if reached:
+    plot([dict(data, score=data['reach']['score']) for data in reached],
+         os.path.join(out, 'memory_recall_reach.png'), chance)
+    distances = sorted({c['distance'] for d in reached for c in d['reach']['score']['cells']})
+    text += ['## Stage 3: reach (N = 1)', '',
+             'From stage 2, 300 more steps of N = 1 only, asked k = 2, 4 or 8 windows later '
+             '(`configs/experiments/memory_recall/stage_reach.gin`): a training signal beyond the '
+             'reach of the short-term recurrence. N = 1 of the test grid:', '',
+             '| model | ' + ' | '.join(f'k = {k}' for k in distances) + ' | weight on memory |',
+             '|---|' + '---|' * (len(distances) + 1)]
+    for data in reached:
+      by = {c['distance']: c for c in data['reach']['score']['cells']}
+      gates = data['reach']['usage'].get('gates', {})
+      gate = '; '.join(f'{g["memory_weight"]:.3f}' for g in gates.values()) or '—'
+      text.append(f'| {LABELS.get(data["row"], data["row"])} | ' + ' | '.join(
+          f'{by[k]["accuracy"]:.2f} ± {by[k]["standard_error"]:.2f}' if k in by else 'n/a'
+          for k in distances) + f' | {gate} |')
+    pending = [LABELS.get(d['row'], d['row']) for d in loaded if not d['reach']]
+    text += [''] + ([f'Stage 3 not run yet: {", ".join(pending)}.', ''] if pending else [])
+    text += ['![N = 1 after stage 3](memory_recall_reach.png)', '']
   for data in loaded:
     text += [f'## {LABELS.get(data["row"], data["row"])}', '',
              f'Reach: {reach(data["config"])[0]}. Step {data["score"]["step"]}.', '']
