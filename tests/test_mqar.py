@@ -154,3 +154,20 @@ def test_score_reads_memory_across_segments():
   assert by_cell[(5, 5)].accuracy == 0.0
   assert sum(count for _, count in by_cell[(5, 5)].source_windows.values()) == 5 * 3
   assert set(by_cell[(5, 5)].source_windows) <= {'4', '5'}
+
+
+def test_without_cross_switches_the_long_term_memory_off():
+  """MELODI with only a long-term memory: with the gates at +30 a later window's logits no longer
+  depend on an earlier window's tokens (they do with the trained gates)."""
+  import jax  # pylint: disable=g-import-not-at-top
+  import zoo  # pylint: disable=g-import-not-at-top
+  model = zoo.build('melodi_long_only')
+  params = zoo.params('melodi_long_only')['params']
+  w = model.window_length
+  tokens = zoo.random_tokens(2, 2 * w, seed=3)
+  changed = tokens.at[:, :w].set((tokens[:, :w] + 1) % 256)
+  apply = jax.jit(lambda p, t: model.apply({'params': p}, t, model.init_memory(2),
+                                           zoo.doc_starts(2, 2))[0][:, w:])
+  assert not np.allclose(apply(params, tokens), apply(params, changed))
+  off = mqar_score.without_cross(params)
+  np.testing.assert_array_equal(apply(off, tokens), apply(off, changed))

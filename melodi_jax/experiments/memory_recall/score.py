@@ -99,6 +99,14 @@ def _predict(apply_fn, init_memory, documents, window_length, segment_length, ba
   return predictions
 
 
+def without_cross(params: Any) -> Any:
+  """params with every `gate_logit` (the self/cross gate of Attention) at +30: gate 1, cross 0."""
+  import jax  # pylint: disable=g-import-not-at-top
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf * 0 + 30.0 if 'gate_logit' in jax.tree_util.keystr(path) else leaf,
+      params)
+
+
 def define_flags() -> None:
   """The command-line flags (defined only when run as a program: the library stays importable
   beside other entry points)."""
@@ -109,6 +117,9 @@ def define_flags() -> None:
   flags.DEFINE_integer('documents', None, 'Score only the first N documents of each (N, k) cell.')
   flags.DEFINE_list('pairs', None, 'Score only the cells with these N (default: every N).')
   flags.DEFINE_bool('force', False, 'Score again even if the result file exists.')
+  flags.DEFINE_bool('without_cross', False, 'Ablation: every gated cross memory (MELODI long-term, '
+                    'Memorizing kNN, ...) switched off by setting its gate logits to +30, so those '
+                    'layers attend to themselves only; the result file ends in _without_cross.')
 
 
 FLAGS = flags.FLAGS
@@ -124,6 +135,7 @@ def main(argv: Sequence[str]) -> None:
 
   run = runs.restore(FLAGS.workdir, FLAGS.step, FLAGS.batch_size)
   only = f'_n{"-".join(FLAGS.pairs)}' if FLAGS.pairs else ''  # a partial grid is its own file
+  only += '_without_cross' if FLAGS.without_cross else ''
   path = os.path.join(run.workdir, 'eval', f'mqar_{FLAGS.split}_{run.step}{only}.json')
   if os.path.isfile(path) and not FLAGS.force:
     print(f'{path} exists: skipped (--force to score again)')
@@ -142,6 +154,8 @@ def main(argv: Sequence[str]) -> None:
         (not FLAGS.pairs or str(episode.pairs) in FLAGS.pairs)):
       keep.append(index)
   model, params = run.model, run.params
+  if FLAGS.without_cross:
+    params = without_cross(params)
   apply = jax.jit(lambda p, tokens, memory, doc_start: model.apply({'params': p}, tokens, memory,
                                                                      doc_start))
   cells = score(lambda tokens, memory, doc_start: apply(params, tokens, memory, doc_start),
