@@ -39,11 +39,11 @@ def main(argv):
   if FLAGS.text_dir and not os.path.isdir(FLAGS.text_dir):
     raise cli.UserError(f'--text_dir={FLAGS.text_dir} is not a folder; pass a folder of text '
                         'files')
-  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax import models  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import checkpoints, config, evaluator, inputs, optim, partitioning  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax.train import checkpoints, config, evaluator, inputs, partitioning  # pylint: disable=g-import-not-at-top
 
   cli.parse_gin([operative] + list(FLAGS.gin_file), FLAGS.gin_bindings, FLAGS.gin_search_paths)
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')

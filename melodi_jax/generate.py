@@ -89,11 +89,11 @@ def main(argv):
   operative = _check_flags()
   with open(FLAGS.prompt_file, 'rb') as f:
     prompt = f.read()
-  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from melodi_jax.models import decoding  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import config, optim  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax.train import config  # pylint: disable=g-import-not-at-top
 
   cli.parse_gin(operative + list(FLAGS.gin_file), FLAGS.gin_bindings, FLAGS.gin_search_paths)
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')

@@ -11,6 +11,7 @@ from typing import Callable, Sequence
 from absl import app, flags
 
 from melodi_jax import models
+from melodi_jax.train import cli as train_cli
 from melodi_jax.train import quiet
 
 
@@ -37,13 +38,15 @@ def gin_bindings() -> list[str]:
 
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] | None = None) -> None:
-  """models.parse_gin with its ConfigError turned into a UsageError naming the flags."""
+  """models.parse_gin, every run configurable registered first (a run's config parses too), with
+  its ConfigError turned into a UsageError naming the flags."""
   # gin logs every include it looks for in the wrong folder at ERROR level; the real errors come
   # back as ConfigError, so quieten it while parsing.
   logging.disable(logging.ERROR)
   try:
     if search_paths is None:
       search_paths = flags.FLAGS.gin_search_paths if flags.FLAGS.is_parsed() else ()
+    train_cli.register_configurables()
     models.parse_gin(gin_files, bindings, search_paths)
   except models.ConfigError as e:
     raise UsageError(f'--gin_file/--gin_bindings: {e}') from e

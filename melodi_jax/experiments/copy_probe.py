@@ -62,13 +62,11 @@ def loss_weights(copyable: np.ndarray, window: int, loss_on: str) -> np.ndarray:
 def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_rate: float,
         log_every: int, formed_below: float, seed: int = 0, loss_on: str = 'after_window') -> dict:
   import gin  # pylint: disable=g-import-not-at-top
-  # Unlock a config an earlier run in this process finalized, before the imports below register
-  # their configurables.
-  gin.clear_config()
+  gin.clear_config()  # drops the bindings of a run parsed before in this process
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from melodi_jax import models  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import cli, config, optim  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax.train import cli, config  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
   cli.parse_gin(list(gin_files), list(bindings), ['configs'])

@@ -32,9 +32,9 @@ def build_run_model(workdir: str, bindings: tuple[str, ...] = ()):
     raise UserError(f'{operative} not found: --workdir must be a training run that took at least '
                     'one step')
   import gin  # pylint: disable=g-import-not-at-top
-  gin.clear_config()  # first: unlocks a finalized config before the imports register configurables
-  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
-  from melodi_jax.train import cli, config, optim  # pylint: disable=g-import-not-at-top,unused-import
+  gin.clear_config()  # drops the bindings of a run parsed before in this process
+  from melodi_jax import models  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import cli, config  # pylint: disable=g-import-not-at-top
   cli.parse_gin([operative], list(bindings), ['configs'])
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
   model = cli.call_gin(

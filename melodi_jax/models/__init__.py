@@ -36,7 +36,11 @@ def build_from_gin(segment_length: int | None = None) -> DecoderLM:
 
 def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
               search_paths: Sequence[str] = ()) -> None:
-  """Clears gin and parses files (found as given, or under `search_paths` and configs/)."""
+  """Clears gin and parses files (found as given, or under `search_paths` and configs/).
+
+  Gin is left unlocked: the data and training layers register their configurables when they are
+  imported, which may come after a model is built.
+  """
   gin.clear_config()
   for path in list(search_paths) + [CONFIG_DIR]:
     gin.add_config_file_search_path(path)
@@ -49,7 +53,7 @@ def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
                         f'{", ".join(list(search_paths) + [CONFIG_DIR])}): check --gin_file')
     resolved.append(found)
   try:
-    gin.parse_config_files_and_bindings(resolved, list(bindings))
+    gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
   except (ValueError, KeyError, SyntaxError, IOError) as e:
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     raise ConfigError(f'gin config error: {first_line} (check the gin files and bindings)') from e

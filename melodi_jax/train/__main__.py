@@ -23,9 +23,7 @@ def main(argv):
   cli.initialize_distributed(FLAGS.multiprocess,  # before any other JAX call
                              FLAGS.heartbeat_timeout_seconds)
   workdir = cli.check_workdir(FLAGS.workdir)
-  # Imported here so that gin knows every configurable before the files are parsed.
-  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top,unused-import
-  from melodi_jax.train import config, optim  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax.train import config  # pylint: disable=g-import-not-at-top
   cli.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig').validate()
   from melodi_jax.train import collapse, trainer  # pylint: disable=g-import-not-at-top  (slow)

@@ -113,8 +113,19 @@ def _gin_message(error: BaseException) -> str:
   return f'{head} {where}'.strip()
 
 
+def register_configurables():
+  """Imports every module that defines gin configurables used by run configs (the model's stack
+  plans, the data tasks', TrainConfig, OptimizerConfig), so that a file binding any of them
+  parses whichever modules the caller imported before."""
+  # pylint: disable=g-import-not-at-top,unused-import
+  from melodi_jax import data, models
+  from melodi_jax.train import config, optim
+
+
 def parse_gin(files: Sequence[str], bindings: Sequence[str], paths: Sequence[str]) -> list[str]:
-  """Parses gin files (resolved against `paths`) and bindings; returns the resolved file paths."""
+  """Parses gin files (resolved against `paths`) and bindings, every configurable registered
+  first; returns the resolved file paths. Gin is left unlocked."""
+  register_configurables()
   paths = search_paths(paths)
   for path in paths:
     gin.add_config_file_search_path(path)

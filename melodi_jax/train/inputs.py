@@ -20,6 +20,7 @@ import jax
 from jax.experimental import multihost_utils
 import numpy as np
 
+from melodi_jax import data
 from melodi_jax.train.errors import UserError
 
 # A batch: inputs int32[B, T], targets int32[B, T], loss_weights float32[B, T],
@@ -73,7 +74,6 @@ def open_stream(spec: StreamSpec, factory: StreamFactory | None = None,
   if spec.batch_size % processes:
     raise UserError(f'batch size {spec.batch_size} does not split over {processes} processes')
   if factory is None:
-    from melodi_jax import data  # pylint: disable=g-import-not-at-top
     factory = data.make_lanes
   # One data shard of all the lanes, whatever the process count (see the module docstring).
   stream = factory(spec.data_task, spec.split, text_dir=spec.text_dir,
