@@ -341,7 +341,10 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     text += ['## Stage 3: reach (N = 1)', '',
              'From stage 2, 300 more steps of N = 1 only, asked k = 2, 4 or 8 windows later '
              '(`configs/experiments/memory_recall/stage_reach.gin`): a training signal beyond the '
-             'reach of the short-term recurrence. N = 1 of the test grid:', '',
+             'reach of the short-term recurrence. It asks only for k >= 2, so a row that cannot '
+             'reach that far is trained on targets it cannot predict and unlearns recall (its '
+             'k = 0, 1 fall): the stage-2 grid stays every row\'s main table. N = 1 of the test '
+             'grid:', '',
              '| model | ' + ' | '.join(f'k = {k}' for k in distances) + ' | weight on memory |',
              '|---|' + '---|' * (len(distances) + 1)]
     for data in reached:
