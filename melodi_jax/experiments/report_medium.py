@@ -20,7 +20,7 @@ import shutil
 import sys
 from typing import Sequence
 
-from melodi_jax.experiments import report
+from melodi_jax.experiments import compare_small_report, reporting, run_folder
 
 SMALL_FILES = ('config.gin', 'train_metrics.jsonl', 'train_wall.jsonl', 'model_stats.json',
                'memory_usage.json')
@@ -29,8 +29,7 @@ REFERENCE = 'vanilla'        # the windowed model without memory: what a memory 
 POSITION_SPLITS = (('books_bytes', 'test'), ('books_bytes', 'validation'))
 
 
-def _style(name: str) -> dict:
-  return report._style(name)  # pylint: disable=protected-access  (one color per model everywhere)
+_style = reporting.style  # one color per model in every report
 
 
 def save_row(workdir: str, to: str) -> list[str]:
@@ -41,20 +40,20 @@ def save_row(workdir: str, to: str) -> list[str]:
     if os.path.isfile(os.path.join(workdir, name)):
       shutil.copy(os.path.join(workdir, name), os.path.join(to, name))
       written.append(name)
-  for (task, split), result in report.latest_evals(workdir).items():
+  for (task, split), result in run_folder.latest_evals(workdir).items():
     name = os.path.join('eval', f'{task}_{split}_{result["step"]}.json')
     shutil.copy(os.path.join(workdir, name), os.path.join(to, name))
     written.append(name)
-  curve = report.tensorboard_scalars(workdir, report.CURVE_TAG)
+  curve = run_folder.tensorboard_scalars(workdir, run_folder.CURVE_TAG)
   with open(os.path.join(to, CURVE_FILE), 'w', encoding='utf-8') as f:
-    json.dump({'tag': report.CURVE_TAG, 'points': curve}, f)
+    json.dump({'tag': run_folder.CURVE_TAG, 'points': curve}, f)
   written.append(CURVE_FILE)
   return written
 
 
-def load(name: str, folder: str) -> report.RunSummary:
+def load(name: str, folder: str) -> run_folder.RunSummary:
   """A row from its saved folder (or a run folder: the curve then comes from TensorBoard)."""
-  summary = report.summarize(name, folder)
+  summary = run_folder.summarize(name, folder)
   curve_path = os.path.join(folder, CURVE_FILE)
   if not summary.curve and os.path.isfile(curve_path):
     with open(curve_path, encoding='utf-8') as f:
@@ -76,10 +75,10 @@ def _hours(seconds: float | None) -> str:
 
 
 def _label(name: str) -> str:
-  return report.LABELS.get(name, name)
+  return reporting.LABELS.get(name, name)
 
 
-def positions_of(row: report.RunSummary, task: str, split: str) -> list[dict] | None:
+def positions_of(row: run_folder.RunSummary, task: str, split: str) -> list[dict] | None:
   result = row.evals.get((task, split))
   return (result or {}).get('by_position') or None
 
@@ -94,10 +93,10 @@ def _bpb_of(bucket: dict) -> float:
 # Tables and notes
 
 
-def main_table(rows: Sequence[report.RunSummary]) -> tuple[list[str], list[str]]:
+def main_table(rows: Sequence[run_folder.RunSummary]) -> tuple[list[str], list[str]]:
   """(table lines, notes on capped cells)."""
   header = ['model', 'parameters', 'memory floats / lane', 'steps', 'train time (h:mm:ss)',
-            'tokens/s'] + [f'{t.split("_")[0]} {s}' for t, s in report.COMPARE_SPLITS]
+            'tokens/s'] + [f'{t.split("_")[0]} {s}' for t, s in compare_small_report.COMPARE_SPLITS]
   lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
   capped = set()
   for row in rows:
@@ -105,7 +104,7 @@ def main_table(rows: Sequence[report.RunSummary]) -> tuple[list[str], list[str]]
              '—' if row.parameters is None else f'{row.parameters / 1e6:.2f}M',
              '—' if row.memory_floats is None else f'{row.memory_floats:,}', str(row.step),
              _hours(row.train_seconds), _fmt(row.tokens_per_second, ',.0f')]
-    for task, split in report.COMPARE_SPLITS:
+    for task, split in compare_small_report.COMPARE_SPLITS:
       result = row.evals.get((task, split))
       if result is None:
         cells.append('—')
@@ -119,7 +118,7 @@ def main_table(rows: Sequence[report.RunSummary]) -> tuple[list[str], list[str]]
   return lines, sorted(capped)
 
 
-def position_table(rows: Sequence[report.RunSummary], task: str, split: str) -> list[str]:
+def position_table(rows: Sequence[run_folder.RunSummary], task: str, split: str) -> list[str]:
   """Bits/byte per document-position bucket, each with its difference to the reference row."""
   with_buckets = [(row, positions_of(row, task, split)) for row in rows]
   with_buckets = [(row, b) for row, b in with_buckets if b]
@@ -146,7 +145,7 @@ def position_table(rows: Sequence[report.RunSummary], task: str, split: str) -> 
   return lines
 
 
-def sanity_note(rows: Sequence[report.RunSummary], task: str = 'books_bytes',
+def sanity_note(rows: Sequence[run_folder.RunSummary], task: str = 'books_bytes',
                 split: str = 'test') -> str:
   """The issue's sanity ordering: Transformer-XL below the windowed model without memory."""
   by_name = {r.name: r for r in rows}
@@ -172,7 +171,7 @@ def _pyplot():
   return plt
 
 
-def plot_positions(rows: Sequence[report.RunSummary], path: str, task: str, split: str) -> bool:
+def plot_positions(rows: Sequence[run_folder.RunSummary], path: str, task: str, split: str) -> bool:
   """Left: bits/byte per position bucket; right: minus the reference row's (what memory buys)."""
   plt = _pyplot()
   fig, (ax, ax_delta) = plt.subplots(1, 2, figsize=(12, 4.8))
@@ -216,7 +215,7 @@ def _moving_average(values: list[float], width: int) -> list[float]:
   return out
 
 
-def plot_learning(rows: Sequence[report.RunSummary], path: str, smooth: int = 5) -> bool:
+def plot_learning(rows: Sequence[run_folder.RunSummary], path: str, smooth: int = 5) -> bool:
   """Left: training bits/byte (moving average over `smooth` logged steps); right: the capped
   validation evals during training."""
   plt = _pyplot()
@@ -260,10 +259,11 @@ def write_report(saved: str, out: str, rows: Sequence[str], command: str) -> str
   learning_png, tradeoff_png = 'compare_medium_learning.png', 'compare_medium_tradeoff.png'
   plot_positions(summaries, os.path.join(out, positions_png), *POSITION_SPLITS[0])
   plot_learning(summaries, os.path.join(out, learning_png))
-  report.plot_tradeoff(summaries, os.path.join(out, tradeoff_png), 'books_bytes', 'test')
+  compare_small_report.plot_tradeoff(summaries, os.path.join(out, tradeoff_png), 'books_bytes',
+                                     'test')
 
   table, capped = main_table(summaries)
-  settings = report.run_settings(summaries[0].workdir) if summaries else {}
+  settings = run_folder.run_settings(summaries[0].workdir) if summaries else {}
   keys = ('ModelConfig.num_layers', 'ModelConfig.model_dim', 'ModelConfig.num_heads',
           'ModelConfig.head_dim', 'ModelConfig.mlp_dim', 'ModelConfig.window_length',
           'ModelConfig.position_bias_scale', 'TrainConfig.segment_length',
@@ -275,10 +275,10 @@ def write_report(saved: str, out: str, rows: Sequence[str], command: str) -> str
   text = [
       '# Medium comparison on books (bytes)', '',
       f'Generated by `python -m melodi_jax.experiments.report_medium report` at commit '
-      f'{report.git_commit()} from the saved outputs of finished rows ({saved}); do not edit '
+      f'{reporting.git_commit()} from the saved outputs of finished rows ({saved}); do not edit '
       'by hand.', '',
       f'Command (its last invocation): `{command}`', '',
-      f'Machine (report time): {report.machine()}', '',
+      f'Machine (report time): {reporting.machine()}', '',
       f'Setup (every row; configs/experiments/compare_medium.gin): {setup or "—"}.', '',
       'Bits/byte of the final checkpoint under the evaluation protocol (lanes unshuffled, every '
       'document read to its end, memory carried across segments, reset at document starts). '
@@ -291,7 +291,7 @@ def write_report(saved: str, out: str, rows: Sequence[str], command: str) -> str
              'first): ' + '; '.join(capped) + '.', '']
   if missing:
     text += [f'Not run yet: {", ".join(missing)}.', '']
-  text += [sanity_note(summaries), '', report.ordering_note(summaries), '']
+  text += [sanity_note(summaries), '', compare_small_report.ordering_note(summaries), '']
   for task, split in POSITION_SPLITS:
     lines = position_table(summaries, task, split)
     if lines:
@@ -301,7 +301,7 @@ def write_report(saved: str, out: str, rows: Sequence[str], command: str) -> str
                'helps there). "predicted bytes": how many bytes each bucket holds.', '',
                *lines, '']
   text += [f'![bits/byte by document position]({positions_png})', '']
-  usage = report.memory_usage_table(summaries)
+  usage = compare_small_report.memory_usage_table(summaries)
   if usage:
     text += ['## Memory use', '',
              'Final checkpoints, first batches of books validation '
