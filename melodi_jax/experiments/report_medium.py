@@ -1,4 +1,4 @@
-"""results/compare_medium.md and its plots (issue 19), rebuilt from the saved outputs of finished
+"""results/compare_medium.md and its plots, rebuilt from the saved outputs of finished
 rows, so the experiment can run in several sittings and the report needs no run folder.
 
   python -m melodi_jax.experiments.report_medium save --workdir=RUN --to=SAVED/<row>
@@ -12,15 +12,16 @@ line per model), compare_medium_learning.png and compare_medium_tradeoff.png.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import os
 import shutil
-import sys
 from typing import Sequence
 
+from absl import flags
+
 from melodi_jax.experiments import compare_small_report, reporting, run_folder
+from melodi_jax.train import cli
 
 SMALL_FILES = ('config.gin', 'train_metrics.jsonl', 'train_wall.jsonl', 'model_stats.json',
                'memory_usage.json')
@@ -147,7 +148,7 @@ def position_table(rows: Sequence[run_folder.RunSummary], task: str, split: str)
 
 def sanity_note(rows: Sequence[run_folder.RunSummary], task: str = 'books_bytes',
                 split: str = 'test') -> str:
-  """The issue's sanity ordering: Transformer-XL below the windowed model without memory."""
+  """The sanity ordering: Transformer-XL below the windowed model without memory."""
   by_name = {r.name: r for r in rows}
   values = {n: (by_name[n].evals.get((task, split)) or {}).get('bits_per_byte')
             for n in ('transformer_xl', REFERENCE) if n in by_name}
@@ -320,31 +321,42 @@ def write_report(saved: str, out: str, rows: Sequence[str], command: str) -> str
   return path
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  commands = parser.add_subparsers(dest='command_name', required=True)
-  save = commands.add_parser('save', help='copy a finished run\'s small outputs')
-  save.add_argument('--workdir', required=True, help='the run folder')
-  save.add_argument('--to', required=True, help='the row\'s saved folder')
-  build = commands.add_parser('report', help='write compare_medium.md and its plots')
-  build.add_argument('--saved', required=True, help='folder with one saved folder per row')
-  build.add_argument('--out', required=True, help='where the .md and .png files go')
-  build.add_argument('--rows', required=True, help='comma-separated row names, in order')
-  build.add_argument('--command', default='(not given)', help='the command that made the runs')
-  args = parser.parse_args(argv)
-  if args.command_name == 'save':
-    if not os.path.isfile(os.path.join(args.workdir, 'train_metrics.jsonl')):
-      print(f'error: --workdir={args.workdir} is not a trained run folder', file=sys.stderr)
-      sys.exit(2)
-    print(f'saved {", ".join(save_row(args.workdir, args.to))} -> {args.to}')
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program: the library stays importable
+  beside other entry points)."""
+  flags.DEFINE_string('workdir', None, 'save: the run folder.')
+  flags.DEFINE_string('to', None, "save: the row's saved folder.")
+  flags.DEFINE_string('saved', None, 'report: folder with one saved folder per row.')
+  flags.DEFINE_string('out', None, 'report: where the .md and .png files go.')
+  flags.DEFINE_list('rows', None, 'report: comma-separated row names, in order.')
+  flags.DEFINE_string('command', '(not given)', 'report: the command that made the runs.')
+
+
+def _required(*names: str) -> None:
+  for name in names:
+    if not flags.FLAGS[name].value:
+      raise cli.UserError(f'--{name} is required')
+
+
+def main(argv):
+  FLAGS = flags.FLAGS  # pylint: disable=invalid-name
+  if len(argv) != 2 or argv[1] not in ('save', 'report'):
+    raise cli.UserError(f'give one command, save or report (got {argv[1:]}), e.g. '
+                        '`report_medium save --workdir=RUN --to=SAVED/<row>`')
+  if argv[1] == 'save':
+    _required('workdir', 'to')
+    if not os.path.isfile(os.path.join(FLAGS.workdir, 'train_metrics.jsonl')):
+      raise cli.UserError(f'--workdir={FLAGS.workdir} is not a trained run folder')
+    print(f'saved {", ".join(save_row(FLAGS.workdir, FLAGS.to))} -> {FLAGS.to}')
     return
-  if not os.path.isdir(args.saved):
-    print(f'error: --saved={args.saved} is not a folder; run the experiment (or save a row) '
-          'first', file=sys.stderr)
-    sys.exit(2)
-  path = write_report(args.saved, args.out, [r for r in args.rows.split(',') if r], args.command)
+  _required('saved', 'out', 'rows')
+  if not os.path.isdir(FLAGS.saved):
+    raise cli.UserError(f'--saved={FLAGS.saved} is not a folder; run the experiment (or save a '
+                        'row) first')
+  path = write_report(FLAGS.saved, FLAGS.out, [r for r in FLAGS.rows if r], FLAGS.command)
   print(f'wrote {path}')
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  cli.run(main)
