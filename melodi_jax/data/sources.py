@@ -131,7 +131,7 @@ def source_for(corpus: str, split: str, *, text_dir: str | None = None,
     if corpus == "synthetic":
         return synthetic_source(split)
     if corpus == "recall":
-        from melodi_jax.data import recall  # the long-range recall task (issue 7)
+        from melodi_jax.data import recall  # the long-range recall task
         return recall.recall_source(split, data_dir)
     if corpus == "text_dir":
         if not text_dir:
