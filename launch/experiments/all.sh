@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7 in one command: the small comparison, then the recall test. Resumable; SMOKE=1 for a
+# The small comparison and the recall test in one command: the small comparison, then the recall test. Resumable; SMOKE=1 for a
 # few-minute check of the whole pipeline (outputs under workdirs/experiments/smoke, not results/).
 set -euo pipefail
 here="$(dirname "${BASH_SOURCE[0]}")"

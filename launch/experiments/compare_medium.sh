@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 19: the medium comparison. Six rows (configs/experiments/compare_medium/*.gin) trained on
+# The medium comparison. Six rows (configs/experiments/compare_medium/*.gin) trained on
 # books (bytes) with one size, 10.24M tokens, AdamW and seed; evaluated on whole books validation
 # and test and on the first CROSS_DOMAIN_MAX_BATCHES batches (default 96 = 393k bytes; empty =
 # whole splits) of math and code test, every eval with its per-position buckets; then

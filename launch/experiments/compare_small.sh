@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7, part 1-2: every model of the small comparison trained on books (bytes) with the same
+# The small comparison: every model of the small comparison trained on books (bytes) with the same
 # size, tokens, optimizer and seed (configs/experiments/compare_small/*.gin), evaluated on whole
 # books validation/test and on the first CROSS_DOMAIN_MAX_BATCHES batches (default 96 = 393k bytes;
 # empty = whole splits, ~4x longer) of the math and code test splits, then results/compare_small.md

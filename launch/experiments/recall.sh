@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Issue 7, part 3: Transformer-XL, Memorizing (dense) and MELODI, each with its compare_small
+# The recall test: Transformer-XL, Memorizing (dense) and MELODI, each with its compare_small
 # model and the same recall budget (configs/experiments/recall.gin: task, steps, optimizer, seed),
 # trained from scratch on the recall task (recall_bytes: book text, a 5-digit key asked for k
 # windows later), scored per k on the recall test split, then results/recall.md and recall.png.

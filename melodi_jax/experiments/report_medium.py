@@ -156,7 +156,7 @@ def sanity_note(rows: Sequence[run_folder.RunSummary], task: str = 'books_bytes'
     return f'Sanity ordering on {task}/{split} (Transformer-XL < no memory): not evaluated yet.'
   txl, windowed = values['transformer_xl'], values[REFERENCE]
   verdict = ('**holds**' if txl < windowed else '**does not hold**: a defect to root-cause '
-             '(issue 19), not a result')
+             '(a bug, or a training-dynamics cause to fix in the defaults), not a result')
   return (f'Sanity ordering on {task}/{split} (Transformer-XL < no memory): {verdict} '
           f'(Transformer-XL {txl:.3f}, no memory {windowed:.3f} bits/byte).')
 
