@@ -10,6 +10,8 @@ import pytest
 
 import test_train_support as support
 
+pytestmark = pytest.mark.slow  # scheduled first (tests/conftest.py)
+
 
 @pytest.fixture(scope='module')
 def trained_run(tmp_path_factory):

@@ -145,6 +145,7 @@ REMAT_CONFIGS = ['melodi', 'melodi_long_only', 'transformer_xl', 'memorizing', '
                  'memlong', 'vanilla']
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize('name', REMAT_CONFIGS)
 def test_remat_gives_the_same_loss_gradients_and_memory(name):
   """ModelConfig.remat (models/recompute.py) changes what is stored, not what is computed: loss,

@@ -24,6 +24,8 @@ import pytest
 from melodi_jax import data, models  # pylint: disable=unused-import  (gin configurables)
 from melodi_jax.train import checkpoints, config, inputs, optim, trainer
 
+pytestmark = pytest.mark.slow  # scheduled first (tests/conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 LAUNCHER = os.path.join(REPO, 'launch', 'multiprocess_local.sh')
 GIN_FILES = ['models/transformer_xl.gin', 'sizes/tiny.gin', 'runtime/cpu.gin']

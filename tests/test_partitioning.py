@@ -40,6 +40,7 @@ def test_params_follow_rules_and_optimizer_state_follows_params():
       sharding.shard_shape(leaf.shape)  # raises unless the sharding fits the leaf
 
 
+@pytest.mark.slow
 def test_same_loss_on_every_mesh_and_checkpoints_move_between_meshes(tmp_path):
   model = support.tiny_model()
   one = support.run_training(tmp_path / 'one', model, mesh_shape=(1, 1), num_steps=3)

@@ -5,6 +5,8 @@ import signal
 import subprocess
 import time
 
+import pytest
+
 import test_train_support as support
 
 STEPS = 150
@@ -21,6 +23,7 @@ def _wait_for_step(path, step, process, timeout=120):
   raise AssertionError(f'no step {step} in {path}; exit {process.poll()}')
 
 
+@pytest.mark.slow
 def test_sigterm_then_restart_continues_bit_identically(tmp_path, monkeypatch):
   monkeypatch.setenv('MELODI_DATA_DIR', str(tmp_path / 'data'))
   straight = support.run_training(

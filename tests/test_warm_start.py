@@ -15,6 +15,8 @@ import test_train_support as support
 from melodi_jax import models
 from melodi_jax.train import checkpoints, warm_start
 
+pytestmark = pytest.mark.slow  # scheduled first (tests/conftest.py)
+
 TINY = ['sizes/tiny.gin']
 SEGMENT, BATCH = 32, 4
 
@@ -31,10 +33,12 @@ def _abstract_params(model):
   return nn.meta.unbox(jax.eval_shape(init, jax.random.key(0)))
 
 
-def _train(workdir, model, steps, **kwargs):
-  """The trainer on the synthetic_bytes task (learnable words) -> validation nats/token."""
+def _train(workdir, model, steps, checkpoint_every=None, **kwargs):
+  """The trainer on the synthetic_bytes task (learnable words) -> validation nats/token.
+  Checkpoints at the last step only unless `checkpoint_every` (each save costs ~1 s)."""
   config = support.train_config(num_steps=steps, batch_size=BATCH, segment_length=SEGMENT,
-                                log_every=steps, checkpoint_every=1, keep_checkpoints=100,
+                                log_every=steps, checkpoint_every=checkpoint_every or steps,
+                                keep_checkpoints=100,
                                 task='synthetic_bytes')
   state = support.trainer.train(config, str(workdir), model=model,
                                 optimizer_config=support.optimizer(name='adamw',
@@ -114,7 +118,8 @@ def test_vanilla_into_melodi_bit_identical_and_better_than_scratch(vanilla_run, 
   source = _params(vanilla_run, 60)
   melodi = _model('melodi')
   warm_dir, scratch_dir = tmp_path / 'warm', tmp_path / 'scratch'
-  warm_loss = _train(warm_dir, melodi, 12, init_from=str(vanilla_run), freeze_loaded_steps=1)
+  warm_loss = _train(warm_dir, melodi, 12, checkpoint_every=1, init_from=str(vanilla_run),
+                     freeze_loaded_steps=1)
   first = _params(warm_dir, 1)
   report = json.loads((warm_dir / 'warm_start.json').read_text())
   assert report['step'] == 60 and len(report['loaded']) == len(source)
