@@ -10,7 +10,7 @@ import logging
 
 import numpy as np
 
-from melodi_jax.data import mqar, sources, tokens
+from melodi_jax.data import mqar, recall, sources, tokens
 from melodi_jax.data.errors import DataError
 from melodi_jax.data.lanes import LaneStream, check_shapes
 from melodi_jax.data.paths import data_root
@@ -34,6 +34,17 @@ def parse_task(task: str) -> tuple[str, str]:
 def task_vocabulary(task: str) -> Vocabulary:
     """The vocabulary of a task name (its size is the model's vocab_size)."""
     return get_vocabulary(parse_task(task)[1])
+
+
+def document_source(corpus: str, split: str, *, text_dir: str | None = None,
+                    tfds_data_dir: str | None = None,
+                    data_dir: str | None = None) -> sources.DocumentSource:
+    """The text documents of `corpus` for `split`: the recall task's (built from the books
+    corpus) or a plain source (sources.source_for)."""
+    if corpus == "recall":
+        return recall.recall_source(split, data_dir)
+    return sources.source_for(corpus, split, text_dir=text_dir, tfds_data_dir=tfds_data_dir,
+                              data_dir=data_dir)
 
 
 def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
@@ -78,12 +89,11 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
                            segment_length=segment_length, window_length=window_length,
                            train=train, seed=seed, shard_index=shard_index,
                            num_shards=num_shards, state=state)
-    source = sources.source_for("recall" if corpus == "recallkeys" else corpus, split,
-                                text_dir=text_dir, tfds_data_dir=tfds_data_dir, data_dir=data_dir)
+    source = document_source("recall" if corpus == "recallkeys" else corpus, split,
+                             text_dir=text_dir, tfds_data_dir=tfds_data_dir, data_dir=data_dir)
     cache_dir = data_root(data_dir) / "cache" / "tokens"
     documents = tokens.load_documents(source, vocab, cache_dir=cache_dir)
     if corpus == "recallkeys":
-        from melodi_jax.data import recall  # pylint: disable=g-import-not-at-top
         documents = recall.with_recall_weights(documents, split, data_dir)
     short = int(np.sum(documents.lengths() < window_length))
     if short:

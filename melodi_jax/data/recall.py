@@ -48,6 +48,7 @@ from typing import Iterator
 
 import numpy as np
 
+from melodi_jax.data import sources
 from melodi_jax.data.errors import DataError
 from melodi_jax.data.paths import SPLITS
 
@@ -190,7 +191,6 @@ def examples(split: str, pool: bytes, *, window: int = WINDOW,
 
 @functools.lru_cache(maxsize=4)
 def _cached_examples(split: str, data_dir: str | None) -> tuple[RecallExample, ...]:
-  from melodi_jax.data import sources  # pylint: disable=g-import-not-at-top
   books = sources.corpus_source('books', split, data_dir)
   return tuple(examples(split, filler_pool(books.read())))
 
@@ -213,9 +213,8 @@ def with_recall_weights(documents, split: str, data_dir: str | None):
   return dataclasses.replace(documents, target_weights=weights)
 
 
-def recall_source(split: str, data_dir: str | None = None):
-  """A `sources.DocumentSource` over the recall documents of `split` (task `recall_bytes`)."""
-  from melodi_jax.data import sources  # pylint: disable=g-import-not-at-top
+def recall_source(split: str, data_dir: str | None = None) -> sources.DocumentSource:
+  """A DocumentSource over the recall documents of `split` (task `recall_bytes`)."""
   books = sources.corpus_source('books', split, data_dir)
   fingerprint = hashlib.sha256(
       f'{VERSION}\0{split}\0{books.fingerprint}\0{WINDOW}\0{DISTANCES}\0'

@@ -123,16 +123,14 @@ def synthetic_source(split: str, num_documents: int = 24) -> DocumentSource:
 
 def source_for(corpus: str, split: str, *, text_dir: str | None = None,
                tfds_data_dir: str | None = None, data_dir: str | None = None) -> DocumentSource:
-    """The documents of `corpus` (books, math, code, pg19, synthetic, text_dir) for `split`."""
+    """The documents of `corpus` (books, math, code, pg19, synthetic, text_dir) for `split`; the
+    task corpora built on these (recall.py, mqar.py) are composed in pipeline.py."""
     if corpus in CORPORA:
         return corpus_source(corpus, split, data_dir)
     if corpus == "pg19":
         return pg19_source(split, tfds_data_dir)
     if corpus == "synthetic":
         return synthetic_source(split)
-    if corpus == "recall":
-        from melodi_jax.data import recall  # the long-range recall task
-        return recall.recall_source(split, data_dir)
     if corpus == "text_dir":
         if not text_dir:
             raise DataError("text_dir tasks need --text_dir=PATH (a folder of text files)")
