@@ -49,8 +49,8 @@ from typing import Iterator
 import numpy as np
 
 from melodi_jax.data import sources
-from melodi_jax.data.errors import DataError
 from melodi_jax.data.paths import SPLITS
+from melodi_jax.errors import UserError
 
 WINDOW = 64                          # tokens per window the distances k are counted in
 DISTANCES = (1, 2, 4, 8, 16, 32)     # k, in windows, of the scored (validation/test) documents
@@ -172,9 +172,9 @@ def examples(split: str, pool: bytes, *, window: int = WINDOW,
              train_documents: int = TRAIN_DOCUMENTS) -> list[RecallExample]:
   """The documents of a split, deterministic in (split, pool)."""
   if split not in SPLITS:
-    raise DataError(f'split {split!r} is not one of {SPLITS}')
+    raise UserError(f'split {split!r} is not one of {SPLITS}')
   if len(pool) < 4 * window * max(DISTANCES):
-    raise DataError(f'recall: {len(pool)} bytes of book text is too little filler; build the '
+    raise UserError(f'recall: {len(pool)} bytes of book text is too little filler; build the '
                     'books corpus with `bash launch/prepare_data.sh --corpora=books`')
   rng = np.random.default_rng([SPLITS.index(split), 7])
   if split != 'train':

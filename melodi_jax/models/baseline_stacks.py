@@ -8,9 +8,10 @@ from typing import ClassVar
 
 import gin
 
+from melodi_jax.errors import UserError
 from melodi_jax.memory import knn, recurrent, retrieval
 from melodi_jax.memory.addon import MemoryAddon
-from melodi_jax.models.config import ConfigError, ModelConfig
+from melodi_jax.models.config import ModelConfig
 from melodi_jax.models.xl_layer import XLLayerOptions
 
 
@@ -18,15 +19,15 @@ def resolve_layer(index: int, config: ModelConfig, setting: str) -> int:
   """A layer index in 0..num_layers-1 from a gin value that may count from the top (< 0)."""
   resolved = index + config.num_layers if index < 0 else index
   if not 0 <= resolved < config.num_layers:
-    raise ConfigError(f'{setting} = {index} is outside the {config.num_layers} layers '
-                      '(ModelConfig.num_layers); negative values count from the top')
+    raise UserError(f'{setting} = {index} is outside the {config.num_layers} layers '
+                    '(ModelConfig.num_layers); negative values count from the top')
   return resolved
 
 
 def _require(*checks: tuple[bool, str]) -> None:
   for ok, message in checks:
     if not ok:
-      raise ConfigError(message)
+      raise UserError(message)
 
 
 def _with_addon(config: ModelConfig, index: int, setting: str,

@@ -10,9 +10,7 @@ from typing import Any, Protocol
 import gin
 import jax.numpy as jnp
 
-
-class ConfigError(ValueError):
-  """A model configuration that cannot work; the message says which setting to change."""
+from melodi_jax.errors import UserError
 
 
 class LayerOptions(Protocol):
@@ -66,12 +64,12 @@ class ModelConfig:
 
   def layer_options(self) -> tuple[LayerOptions, ...]:
     if self.stack is None:
-      raise ConfigError('ModelConfig.stack is not set: bind it in gin, e.g. '
-                        'ModelConfig.stack = @MelodiStack() (see configs/models/).')
+      raise UserError('ModelConfig.stack is not set: bind it in gin, e.g. '
+                      'ModelConfig.stack = @MelodiStack() (see configs/models/).')
     options = tuple(self.stack.layers(self))
     if len(options) != self.num_layers:
-      raise ConfigError(f'the stack plan made {len(options)} layers for '
-                        f'ModelConfig.num_layers = {self.num_layers}')
+      raise UserError(f'the stack plan made {len(options)} layers for '
+                      f'ModelConfig.num_layers = {self.num_layers}')
     return options
 
   def attention_kwargs(self) -> dict:
@@ -83,13 +81,13 @@ class ModelConfig:
                 position_bias_scale=self.position_bias_scale, dtype=self.compute_dtype)
 
   def validate(self) -> None:
-    """Raises ConfigError naming the gin parameter that cannot work."""
+    """Raises UserError naming the gin parameter that cannot work."""
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       expected = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}.get(field.type)
       if expected and (not isinstance(value, expected) or
                        (field.type is not bool and isinstance(value, bool))):
-        raise ConfigError(f'ModelConfig.{field.name} = {value!r} must be a {field.type.__name__}')
+        raise UserError(f'ModelConfig.{field.name} = {value!r} must be a {field.type.__name__}')
     checks = [
         (self.vocab_size > 0, 'ModelConfig.vocab_size must be positive'),
         (self.num_layers > 0, 'ModelConfig.num_layers must be positive'),
@@ -103,10 +101,10 @@ class ModelConfig:
     ]
     for ok, message in checks:
       if not ok:
-        raise ConfigError(message)
+        raise UserError(message)
     for name in ('dtype', 'memory_dtype'):
       try:
         jnp.dtype(getattr(self, name))
       except TypeError as e:
-        raise ConfigError(f'ModelConfig.{name} = {getattr(self, name)!r} is not a dtype') from e
+        raise UserError(f'ModelConfig.{name} = {getattr(self, name)!r} is not a dtype') from e
     self.layer_options()
