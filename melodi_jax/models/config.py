@@ -5,7 +5,7 @@ Which layers carry which memory is decided by `ModelConfig.stack`, a stack plan 
 """
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import gin
 import jax.numpy as jnp
@@ -23,8 +23,20 @@ class LayerOptions(Protocol):
     """This layer's part of the memory pytree at a document start; every leaf [B, ...]."""
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowExtra:
+  """A learned table float32[rows, d] every window starts from: the decoder hands it to the first
+  layer in the per-window `extras` dict, [B, rows, d] in the compute dtype (e.g. MELODI's summary
+  tokens)."""
+  key: str        # its key in `extras`
+  param: str      # the parameter's name, under the scanned stack
+  rows: int
+  init: Callable  # flax initializer of the table
+
+
 class StackPlan(Protocol):
-  summary_tokens: int
+  """Which layers carry what. A plan may also define `window_extras(config) ->
+  tuple[WindowExtra, ...]`, the learned inputs every window starts from (most plans have none)."""
 
   def layers(self, config: 'ModelConfig') -> tuple[LayerOptions, ...]:
     """One options object per layer, bottom to top."""
@@ -71,6 +83,12 @@ class ModelConfig:
       raise UserError(f'the stack plan made {len(options)} layers for '
                       f'ModelConfig.num_layers = {self.num_layers}')
     return options
+
+  def window_extras(self) -> tuple[WindowExtra, ...]:
+    """The stack plan's learned per-window inputs (`window_extras`; none when it has no such
+    method)."""
+    window_extras = getattr(self.stack, 'window_extras', None)
+    return tuple(window_extras(self)) if window_extras else ()
 
   def attention_kwargs(self) -> dict:
     """Keyword arguments of layers.attention.Attention for this model."""

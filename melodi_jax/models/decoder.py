@@ -20,11 +20,11 @@ from melodi_jax.layers.attention import INTERMEDIATES, WindowCache
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models import recompute, state
 from melodi_jax.models.config import ModelConfig
-from melodi_jax.models.melodi_layer import SUMMARIES
 
 
 class WindowStack(nn.Module):
-  """The scan body: resets finished lanes' memory, then runs every layer on one window.
+  """The scan body: resets finished lanes' memory, then runs every layer on one window, the first
+  one with the stack plan's window extras (`ModelConfig.window_extras`).
 
   Called with a `cache` (state.initial_cache) it decodes one token of the current window instead.
   """
@@ -45,10 +45,10 @@ class WindowStack(nn.Module):
     batch = x.shape[0]
     memory = state.reset(memory, state.initial_memory(config, batch), doc_start)
     extras = {}
-    if config.stack.summary_tokens and cache is None:
-      table = self.param('summary_tokens', nn.initializers.normal(1.0),
-                         (config.stack.summary_tokens, config.model_dim), jnp.float32)
-      extras[SUMMARIES] = jnp.broadcast_to(table.astype(x.dtype), (batch,) + table.shape)
+    if cache is None:  # (decoding reads no extras)
+      for extra in config.window_extras():
+        table = self.param(extra.param, extra.init, (extra.rows, config.model_dim), jnp.float32)
+        extras[extra.key] = jnp.broadcast_to(table.astype(x.dtype), (batch,) + table.shape)
     new_memory = {}
     for index, options in enumerate(config.layer_options()):
       name = state.layer_name(index)

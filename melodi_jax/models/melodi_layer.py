@@ -15,9 +15,16 @@ from melodi_jax.layers.attention import Attention, WindowCache
 from melodi_jax.layers.mixing import TokenMixer
 from melodi_jax.memory import long_term, short_term
 from melodi_jax.models.block import attention_and_ffn
-from melodi_jax.models.config import ModelConfig
+from melodi_jax.models.config import ModelConfig, WindowExtra
 
 SUMMARIES = 'summaries'  # key of the summary tokens [B, S, d] in the per-window `extras` dict
+
+
+def summary_table(summary_tokens: int) -> tuple[WindowExtra, ...]:
+  """The learned [S, d] summary tokens every window starts from at layer 0 (none when S = 0)."""
+  if not summary_tokens:
+    return ()
+  return (WindowExtra(SUMMARIES, 'summary_tokens', summary_tokens, nn.initializers.normal(1.0)),)
 
 
 @dataclasses.dataclass(frozen=True)

@@ -9,8 +9,8 @@ import dataclasses
 import gin
 
 from melodi_jax.errors import UserError
-from melodi_jax.models.config import ModelConfig
-from melodi_jax.models.melodi_layer import MelodiLayerOptions
+from melodi_jax.models.config import ModelConfig, WindowExtra
+from melodi_jax.models.melodi_layer import MelodiLayerOptions, summary_table
 
 
 @gin.configurable
@@ -23,6 +23,10 @@ class MelodiStack:
   long_term_increment: int = 32        # I
   long_term_layers: tuple = (6,)       # empty: the short-term-only ablation
   mix_summaries: bool = True           # False: summaries pass up unmixed (ablation of M-up)
+
+  def window_extras(self, config: ModelConfig) -> tuple[WindowExtra, ...]:
+    del config
+    return summary_table(self.summary_tokens)
 
   def layers(self, config: ModelConfig) -> tuple[MelodiLayerOptions, ...]:
     self._validate(config)
@@ -73,7 +77,11 @@ class MelodiStack:
 @dataclasses.dataclass(frozen=True)
 class VanillaStack:
   """No memory: attention stays inside each window (the floor every memory must beat)."""
-  summary_tokens: int = 0
+  summary_tokens: int = 0  # S of a summary table no vanilla layer reads (run configs bind 0)
+
+  def window_extras(self, config: ModelConfig) -> tuple[WindowExtra, ...]:
+    del config
+    return summary_table(self.summary_tokens)
 
   def layers(self, config: ModelConfig) -> tuple[MelodiLayerOptions, ...]:
     return tuple(MelodiLayerOptions() for _ in range(config.num_layers))
