@@ -183,7 +183,7 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   tokens_per_step = batch_size * segment_length
   result = {
       'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
-      'dtype': model.config.compute_dtype.name, 'batch_size': batch_size,
+      'dtype': jnp.dtype(model.config.dtype).name, 'batch_size': batch_size,
       'segment_length': segment_length, 'window_length': window, 'num_windows': num_windows,
       'parameters': int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
       'init_s': init_s,
@@ -331,7 +331,7 @@ def main(argv: Sequence[str]) -> None:
   batch_size = FLAGS.batch_size or config.batch_size
   segment_length = FLAGS.segment_length or config.segment_length
   name = ' + '.join(FLAGS.gin_file)
-  roofline = flops.Roofline(model.config.compute_dtype, FLAGS.roofline_size)
+  roofline = flops.Roofline(model.config.dtype, FLAGS.roofline_size)
   common = dict(optimizer_name=config.optimizer, learning_rate=config.learning_rate,
                 steps=FLAGS.steps, warmup=FLAGS.warmup, roofline=roofline,
                 profile_steps=FLAGS.profile_steps)

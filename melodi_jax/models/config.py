@@ -66,14 +66,6 @@ class ModelConfig:
   remat: bool = False               # recompute windows in the backward pass (models/recompute.py)
   stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin
 
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def carry_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.memory_dtype)
-
   def layer_options(self) -> tuple[LayerOptions, ...]:
     if self.stack is None:
       raise UserError('ModelConfig.stack is not set: bind it in gin, e.g. '
@@ -96,7 +88,7 @@ class ModelConfig:
                 dropout_rate=self.dropout_rate, normalize_qk=self.normalize_qk,
                 position_buckets=self.position_buckets,
                 position_max_distance=self.position_max_distance,
-                position_bias_scale=self.position_bias_scale, dtype=self.compute_dtype)
+                position_bias_scale=self.position_bias_scale, dtype=self.dtype)
 
   def validate(self) -> None:
     """Raises UserError naming the gin parameter that cannot work."""

@@ -113,7 +113,7 @@ class DecoderLM(nn.Module):
     embed = nn.Embed(config.vocab_size, config.model_dim, name='embed',
                      embedding_init=nn.with_logical_partitioning(
                          nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED)))
-    x = embed(tokens).astype(config.compute_dtype)
+    x = embed(tokens).astype(config.dtype)
 
     if cache is not None:  # the same parameters as the scan's (variable_broadcast='params')
       cache, y = WindowStack(config, name='stack')(memory, (x, jnp.asarray(doc_start, bool)[:, 0]),
@@ -131,11 +131,11 @@ class DecoderLM(nn.Module):
                        in_axes=0, out_axes=0, length=num_windows)
         memory, y = scan(config, deterministic=not train, name='stack')(memory, windows)
       y = y.swapaxes(0, 1).reshape(batch, length, config.model_dim)
-    y = RMSNorm(dtype=config.compute_dtype, name='final_norm')(y)
+    y = RMSNorm(dtype=config.dtype, name='final_norm')(y)
     if config.tie_embeddings:
       logits = embed.attend(y) * config.model_dim ** -0.5
     else:
-      logits = nn.Dense(config.vocab_size, use_bias=False, dtype=config.compute_dtype,
+      logits = nn.Dense(config.vocab_size, use_bias=False, dtype=config.dtype,
                         name='logits', kernel_init=nn.with_logical_partitioning(
                             nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
                             (axes.EMBED, axes.VOCAB)))(y)

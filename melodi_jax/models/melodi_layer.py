@@ -49,11 +49,11 @@ class MelodiLayerOptions:
     memory = {}
     if self.short_term_slots:
       memory['short_term'] = short_term.initial_state(
-          batch_size, self.short_term_slots, config.model_dim, config.carry_dtype)
+          batch_size, self.short_term_slots, config.model_dim, config.memory_dtype)
     if self.long_term_slots:
       memory['long_term'] = long_term.initial_state(
           batch_size, self.long_term_slots, config.num_heads, config.head_dim,
-          config.carry_dtype)
+          config.memory_dtype)
     return memory
 
 
@@ -73,7 +73,7 @@ class MelodiLayer(nn.Module):
     no memory writes; returns (token [B, 1, d], extras, the updated cache).
     """
     config, options = self.config, self.options
-    dtype = config.compute_dtype
+    dtype = config.dtype
     window = x.shape[1]
     summaries = extras[SUMMARIES] if options.summary_tokens and cache is None else None
     h = x if summaries is None else jnp.concatenate([x, summaries.astype(x.dtype)], axis=1)
@@ -92,7 +92,7 @@ class MelodiLayer(nn.Module):
     new_memory = {}
     if options.short_term_slots:
       new_memory['short_term'] = short_term.ShortTermWriter(
-          options.short_term_slots, dtype, config.carry_dtype, name='short_term_mixer')(
+          options.short_term_slots, dtype, config.memory_dtype, name='short_term_mixer')(
               tokens, summaries)
     if options.long_term_slots:
       increment = TokenMixer(options.long_term_increment, normalize=False, dtype=dtype,
