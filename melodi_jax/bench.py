@@ -131,8 +131,8 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   """Builds, compiles and times the train (and eval) step of `model`; returns a JSON-able dict."""
   window = model.window_length
   if segment_length % window:
-    raise cli.UsageError(f'--segment_length: {segment_length} is not a multiple of the window '
-                         f'({window}); use a multiple of ModelConfig.window_length')
+    raise cli.UserError(f'--segment_length: {segment_length} is not a multiple of the window '
+                        f'({window}); use a multiple of ModelConfig.window_length')
   num_windows = segment_length // window
   rng = jax.random.PRNGKey(0)
   tokens = jax.random.randint(rng, (batch_size, segment_length), 0, model.vocab_size, jnp.int32)
@@ -183,7 +183,7 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
   tokens_per_step = batch_size * segment_length
   result = {
       'backend': jax.default_backend(), 'device': str(jax.devices()[0].device_kind),
-      'dtype': model.config.compute_dtype.name, 'batch_size': batch_size,
+      'dtype': jnp.dtype(model.config.dtype).name, 'batch_size': batch_size,
       'segment_length': segment_length, 'window_length': window, 'num_windows': num_windows,
       'parameters': int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
       'init_s': init_s,
@@ -313,25 +313,25 @@ def _format_sweep(rows: list, name: str) -> str:
 def main(argv: Sequence[str]) -> None:
   FLAGS = flags.FLAGS
   if len(argv) > 1:
-    raise cli.UsageError(f'unexpected arguments {argv[1:]}: pass configs with --gin_file')
+    raise cli.UserError(f'unexpected arguments {argv[1:]}: pass configs with --gin_file')
   if not FLAGS.gin_file:
-    raise cli.UsageError('--gin_file: give a model config, e.g. --gin_file=models/melodi.gin '
-                         '--gin_file=bench/cpu.gin')
+    raise cli.UserError('--gin_file: give a model config, e.g. --gin_file=models/melodi.gin '
+                        '--gin_file=bench/cpu.gin')
   if FLAGS.steps < 0 or FLAGS.warmup < 0 or (FLAGS.steps == 0 and not FLAGS.sweep_windows):
-    raise cli.UsageError('--steps must be >= 1 (or 0 with --sweep_windows: compile only) and '
-                         '--warmup >= 0')
+    raise cli.UserError('--steps must be >= 1 (or 0 with --sweep_windows: compile only) and '
+                        '--warmup >= 0')
   try:
     windows = [int(n) for n in FLAGS.sweep_windows]
   except ValueError as e:
-    raise cli.UsageError(f'--sweep_windows: {FLAGS.sweep_windows} must be integers, e.g. '
-                         '--sweep_windows=4,8,16') from e
+    raise cli.UserError(f'--sweep_windows: {FLAGS.sweep_windows} must be integers, e.g. '
+                        '--sweep_windows=4,8,16') from e
   cli.parse_gin(FLAGS.gin_file, cli.gin_bindings())
   config = BenchConfig()
-  model = models.build_from_gin()
+  model = cli.build_model()
   batch_size = FLAGS.batch_size or config.batch_size
   segment_length = FLAGS.segment_length or config.segment_length
   name = ' + '.join(FLAGS.gin_file)
-  roofline = flops.Roofline(model.config.compute_dtype, FLAGS.roofline_size)
+  roofline = flops.Roofline(model.config.dtype, FLAGS.roofline_size)
   common = dict(optimizer_name=config.optimizer, learning_rate=config.learning_rate,
                 steps=FLAGS.steps, warmup=FLAGS.warmup, roofline=roofline,
                 profile_steps=FLAGS.profile_steps)

@@ -137,7 +137,7 @@ def measure(gin_files: Sequence[str], bindings: Sequence[str] = (),
             name: str | None = None) -> Footprint:
   """Parses the gin files (clearing gin first) and measures the model they configure."""
   cli.parse_gin(gin_files, bindings)
-  model = models.build_from_gin()
+  model = cli.build_model()
   if name is None:
     name = os.path.splitext(os.path.basename(gin_files[-1]))[0] if gin_files else 'model'
   return measure_model(model, name)
@@ -150,8 +150,8 @@ def measure_folder(folder: str, bindings: Sequence[str] = ()) -> list[Footprint]
     return (PAPER_ORDER.index(name) if name in PAPER_ORDER else len(PAPER_ORDER), name)
   paths = sorted(glob.glob(os.path.join(folder, '*.gin')), key=order)
   if not paths:
-    raise cli.UsageError(f'--config_dir: no *.gin files in {folder!r}; point it at a folder of '
-                         'model configs such as configs/paper')
+    raise cli.UserError(f'--config_dir: no *.gin files in {folder!r}; point it at a folder of '
+                        'model configs such as configs/paper')
   return [measure([path], bindings) for path in paths]
 
 
@@ -229,21 +229,21 @@ flags.DEFINE_string('plot', None, 'write a PNG bar chart of footprint vs model h
 
 def main(argv: Sequence[str]) -> None:
   if len(argv) > 1:
-    raise cli.UsageError(f'unexpected arguments {argv[1:]}: pass configs with --gin_file')
+    raise cli.UserError(f'unexpected arguments {argv[1:]}: pass configs with --gin_file')
   FLAGS = flags.FLAGS
   if FLAGS.all:
     rows = measure_folder(FLAGS.config_dir, cli.gin_bindings())
   elif FLAGS.gin_file:
     rows = [measure(FLAGS.gin_file, cli.gin_bindings())]
   else:
-    raise cli.UsageError('--gin_file: give a model config (e.g. --gin_file=paper/melodi_s128_l64'
-                         '.gin) or --all for every config in --config_dir')
+    raise cli.UserError('--gin_file: give a model config (e.g. --gin_file=paper/melodi_s128_l64'
+                        '.gin) or --all for every config in --config_dir')
   if FLAGS.plot:
     try:
       plot(rows, FLAGS.plot)
     except OSError as e:
-      raise cli.UsageError(f'--plot: cannot write {FLAGS.plot!r} ({e.strerror}); choose a '
-                           'writable path') from e
+      raise cli.UserError(f'--plot: cannot write {FLAGS.plot!r} ({e.strerror}); choose a '
+                          'writable path') from e
   by_name = {r.name: r for r in rows}
   if FLAGS.json:
     out = {'models': [r.to_json() for r in rows]}

@@ -59,7 +59,7 @@ def unigram_bits_per_byte(task: str, split: str) -> float | None:
       return data.make_lanes(task, name, batch_size=1, segment_length=1, window_length=1,
                              train=False)
     train, scored = stream('train'), stream(split)
-  except data.DataError:
+  except cli.UserError:
     return None
   vocab = max(len(train.token_bytes), int(train.documents.tokens.max()) + 1)
   counts = np.bincount(np.asarray(train.documents.tokens, np.int64), minlength=vocab)

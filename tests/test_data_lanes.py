@@ -6,7 +6,7 @@ import json
 import numpy as np
 import pytest
 
-from melodi_jax.data.errors import DataError
+from melodi_jax.errors import UserError
 from melodi_jax.data.lanes import Documents, LaneStream
 
 W, T, B = 4, 12, 3
@@ -158,12 +158,12 @@ def test_eval_ends_with_padded_lanes_and_count_batches():
 
 def test_bad_shapes_and_states_raise_data_error():
     documents = _documents()
-    with pytest.raises(DataError, match="must divide"):
+    with pytest.raises(UserError, match="must divide"):
         _stream(documents, segment_length=10, window_length=4)
-    with pytest.raises(DataError, match="no documents"):
+    with pytest.raises(UserError, match="no documents"):
         _stream(_documents(count=2), shard_index=2, num_shards=3)
     state = _stream(documents).state()
-    with pytest.raises(DataError, match="batch_size"):
+    with pytest.raises(UserError, match="batch_size"):
         _stream(documents, batch_size=B + 1, state=state)
-    with pytest.raises(DataError, match="train"):
+    with pytest.raises(UserError, match="train"):
         _stream(documents, train=True, state=state)

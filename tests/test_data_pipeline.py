@@ -7,7 +7,8 @@ import sys
 import numpy as np
 import pytest
 
-from melodi_jax.data import DataError, make_lanes, parse_task
+from melodi_jax.data import make_lanes, parse_task
+from melodi_jax.errors import UserError
 from melodi_jax.data.paths import REPO_ROOT
 
 TEXTS = {
@@ -87,18 +88,18 @@ def test_split_subfolders_are_used(text_dir):
 
 def test_bad_folders_raise_one_clear_error(tmp_path, monkeypatch):
     monkeypatch.setenv("MELODI_DATA_DIR", str(tmp_path / "data"))
-    with pytest.raises(DataError, match="not a folder"):
+    with pytest.raises(UserError, match="not a folder"):
         _lanes(tmp_path / "missing")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(DataError, match="holds no files"):
+    with pytest.raises(UserError, match="holds no files"):
         _lanes(tmp_path / "empty")
     (tmp_path / "blank").mkdir()
     (tmp_path / "blank" / "x.txt").write_bytes(b"")
-    with pytest.raises(DataError, match="empty"):
+    with pytest.raises(UserError, match="empty"):
         _lanes(tmp_path / "blank")
-    with pytest.raises(DataError, match="must divide"):
+    with pytest.raises(UserError, match="must divide"):
         _lanes(tmp_path / "blank", segment_length=12, window_length=8)
-    with pytest.raises(DataError, match="unknown task"):
+    with pytest.raises(UserError, match="unknown task"):
         parse_task("books_gpt2")
 
 

@@ -5,7 +5,8 @@ import pytest
 
 seqio = pytest.importorskip("seqio")
 
-from melodi_jax.data import DataError, get_vocabulary, sources  # noqa: E402
+from melodi_jax.data import get_vocabulary, sources  # noqa: E402
+from melodi_jax.errors import UserError  # noqa: E402
 from melodi_jax.data import tasks  # noqa: E402  (imports TensorFlow)
 
 
@@ -20,7 +21,7 @@ def test_fixed_names_register_without_reading_data(tmp_path, monkeypatch):
     for corpus in ("books", "math", "code", "pg19", "synthetic"):
         for vocabulary in ("bytes", "spm16k"):
             assert f"{corpus}_{vocabulary}" in seqio.TaskRegistry.names()
-    with pytest.raises(DataError, match="prepare_data.sh"):
+    with pytest.raises(UserError, match="prepare_data.sh"):
         _examples("books_bytes")
 
 
@@ -47,7 +48,7 @@ def test_text_dir_task(tmp_path):
 
 def test_pg19_reads_a_prepared_tfds_copy(tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets")
-    with pytest.raises(DataError, match="tfds build pg19"):
+    with pytest.raises(UserError, match="tfds build pg19"):
         sources.pg19_source("test", str(tmp_path)).read()
     (tmp_path / "pg19" / "0.1.1").mkdir(parents=True)
     (tmp_path / "pg19" / "0.1.1" / "dataset_info.json").write_text("{}")

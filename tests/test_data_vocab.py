@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from melodi_jax.data import DataError, get_vocabulary
+from melodi_jax.data import get_vocabulary
+from melodi_jax.errors import UserError
 from melodi_jax.data.vocab import SentencePieceVocabulary, train_sentencepiece
 
 TEXT = "In the beginning\n\tcode  = 42;  # ‘quoted’ Ünïcödé 🙂\n\n"
@@ -38,9 +39,9 @@ def test_spm16k_replaces_and_counts_invalid_utf8():
 
 
 def test_unknown_vocabulary_and_missing_model(tmp_path):
-    with pytest.raises(DataError, match="unknown vocabulary"):
+    with pytest.raises(UserError, match="unknown vocabulary"):
         get_vocabulary("gpt2")
-    with pytest.raises(DataError, match="not found"):
+    with pytest.raises(UserError, match="not found"):
         SentencePieceVocabulary(tmp_path / "missing.model")
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from melodi_jax.data.lanes import Documents, LaneStream
 from melodi_jax.train import config, evaluator, inputs, partitioning, positions
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 
 import test_train_support as support
 

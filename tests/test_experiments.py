@@ -1,11 +1,15 @@
 """Issue 7's report generator on fake run folders, and the memory-usage diagnostic's pieces."""
 import json
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from melodi_jax.experiments import evaluate_run, memory_usage, report
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _write_events(workdir, tag, points):
@@ -177,10 +181,16 @@ def test_copy_probe_batches_are_periodic_and_a_tiny_run_reports_its_curve(tmp_pa
   with pytest.raises(ValueError, match='loss_on'):
     copy_probe.loss_weights(copyable, 64, 'everything')
   out = tmp_path / 'probe.json'
-  copy_probe.main(['--gin_file=models/transformer_xl.gin', '--gin_file=sizes/tiny.gin',
-                   '--gin_bindings=TrainConfig.batch_size = 2',
-                   '--gin_bindings=TrainConfig.segment_length = 32', '--steps=2', '--log_every=1',
-                   f'--json={out}'])
+  command = [sys.executable, '-m', 'melodi_jax.experiments.copy_probe',
+             '--gin_file=models/transformer_xl.gin', '--gin_file=sizes/tiny.gin',
+             '--gin_bindings=TrainConfig.batch_size = 2',
+             '--gin_bindings=TrainConfig.segment_length = 32', '--log_every=1']
+  for wrong in ('--steps=0', '--log_every=0'):
+    result = subprocess.run(command + [wrong], cwd=REPO, capture_output=True, text=True,
+                            check=False)
+    assert result.returncode == 2 and result.stderr.strip().splitlines() == [
+        'error: --steps and --log_every must be >= 1'], result.stderr
+  subprocess.run(command + ['--steps=2', f'--json={out}'], cwd=REPO, check=True)
   result = json.load(open(out))
   assert [row['step'] for row in result['curve']] == [1, 2]
   assert result['segment_length'] == 32 and result['formed_at_step'] is None

@@ -7,7 +7,7 @@ import pytest
 
 import zoo
 from melodi_jax import models
-from melodi_jax.models.config import ConfigError
+from melodi_jax.errors import UserError
 
 BATCH, WINDOWS = 2, 4
 
@@ -102,7 +102,7 @@ def test_summaries_stop_above_the_last_layer_that_writes_memory():
 
 
 def test_window_must_divide_the_segment():
-  with pytest.raises(ConfigError, match='not a multiple of ModelConfig.window_length'):
+  with pytest.raises(UserError, match='not a multiple of ModelConfig.window_length'):
     models.build(['models/melodi.gin', zoo.TINY], segment_length=30)
   model, variables = zoo.build('melodi'), zoo.params('melodi')
   with pytest.raises(ValueError, match='not a multiple'):
@@ -111,9 +111,9 @@ def test_window_must_divide_the_segment():
 
 
 def test_gin_errors_are_config_errors():
-  with pytest.raises(ConfigError, match='not found'):
+  with pytest.raises(UserError, match='not found'):
     models.build(['models/no_such_model.gin'])
-  with pytest.raises(ConfigError, match='gin config error'):
+  with pytest.raises(UserError, match='gin config error'):
     models.build(['models/melodi.gin'], ['MelodiStack.short_term_slotz = 3'])
 
 
@@ -126,5 +126,5 @@ def test_paper_configs_build_without_allocating():
 
 
 def test_wrongly_typed_binding_is_a_config_error():
-  with pytest.raises(ConfigError, match='ModelConfig.window_length'):
+  with pytest.raises(UserError, match='ModelConfig.window_length'):
     models.build(['models/melodi.gin', zoo.TINY], ["ModelConfig.window_length = 'x'"])

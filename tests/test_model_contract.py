@@ -44,14 +44,14 @@ def _unrolled(model, variables, tokens, memory, doc_start):
   config = model.config
   batch, length = tokens.shape
   w = model.window_length
-  x = jnp.take(params['embed']['embedding'], tokens, axis=0).astype(config.compute_dtype)
+  x = jnp.take(params['embed']['embedding'], tokens, axis=0).astype(config.dtype)
   stack = WindowStack(config)
   outputs = []
   for k in range(length // w):
     memory, y = stack.apply({'params': params['stack']}, memory,
                             (x[:, k * w:(k + 1) * w], doc_start[:, k]))
     outputs.append(y)
-  y = RMSNorm(dtype=config.compute_dtype).apply({'params': params['final_norm']},
+  y = RMSNorm(dtype=config.dtype).apply({'params': params['final_norm']},
                                                  jnp.concatenate(outputs, axis=1))
   logits = y @ params['logits']['kernel']
   return logits, memory

@@ -5,7 +5,8 @@ import dataclasses
 import numpy as np
 import pytest
 
-from melodi_jax.data import DataError, make_lanes, mqar
+from melodi_jax.data import make_lanes, mqar
+from melodi_jax.errors import UserError
 from melodi_jax.experiments.memory_recall import score as mqar_score
 
 W = 16
@@ -95,10 +96,10 @@ def test_lanes_put_one_train_document_in_each_segment():
       batch = next(stream)
       assert np.all(batch['doc_start'][:, 0]) and not np.any(batch['doc_start'][:, 1:])
       assert np.all(batch['inputs'] >= mqar.FILLER_FIRST)
-    with pytest.raises(DataError, match='MQARConfig.window_length'):
+    with pytest.raises(UserError, match='MQARConfig.window_length'):
       make_lanes('mqar_bytes', 'train', batch_size=1, segment_length=64, window_length=8,
                  train=True)
-    with pytest.raises(DataError, match='mqar_bytes'):
+    with pytest.raises(UserError, match='mqar_bytes'):
       make_lanes('mqar_spm16k', 'train', batch_size=1, segment_length=8 * W, window_length=W,
                  train=True)
 
@@ -110,7 +111,7 @@ def test_lanes_put_one_train_document_in_each_segment():
     (dict(distances=(-1,)), 'distances'),
 ])
 def test_bad_configs_name_the_gin_parameter(binding, needle):
-  with pytest.raises(DataError, match=needle):
+  with pytest.raises(UserError, match=needle):
     dataclasses.replace(TINY, **binding).validate()
 
 

@@ -7,7 +7,7 @@ import optax
 import pytest
 
 from melodi_jax.train import partitioning
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 import test_train_support as support
 
 

@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 
 from melodi_jax.layers.position import RelativePositionBias, relative_position_bucket
-from melodi_jax.models.config import ConfigError, ModelConfig
+from melodi_jax.errors import UserError
+from melodi_jax.models.config import ModelConfig
 
 QUERIES, KEYS = np.arange(8), np.arange(-8, 8)
 
@@ -40,5 +41,5 @@ def test_non_positive_scale_is_rejected(scale):
   from melodi_jax.models.stacks import VanillaStack  # pylint: disable=g-import-not-at-top
   config = ModelConfig(num_layers=1, model_dim=8, num_heads=1, head_dim=8, mlp_dim=8,
                        window_length=4, stack=VanillaStack(), position_bias_scale=scale)
-  with pytest.raises(ConfigError, match='position_bias_scale'):
+  with pytest.raises(UserError, match='position_bias_scale'):
     config.validate()

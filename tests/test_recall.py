@@ -161,7 +161,7 @@ def test_recall_task_is_registered(tmp_path):
 
 def test_recallkeys_weighs_the_question_digits_and_the_echo_repeats_only(tmp_path):
   from melodi_jax.data import make_lanes
-  from melodi_jax.data.errors import DataError
+  from melodi_jax.errors import UserError
   _books(tmp_path)
   recall._cached_examples.cache_clear()
   examples = {e.name: e for e in recall.load_examples('train', str(tmp_path))}
@@ -201,6 +201,6 @@ def test_recallkeys_weighs_the_question_digits_and_the_echo_repeats_only(tmp_pat
     assert np.all(plain['loss_weights'][weighted] == 1)
     np.testing.assert_array_equal(keys['bytes'], keys['loss_weights'].sum(axis=1))
   assert seen >= 5
-  with pytest.raises(DataError, match='recallkeys_bytes'):
+  with pytest.raises(UserError, match='recallkeys_bytes'):
     make_lanes('recallkeys_spm16k', 'train', batch_size=2, segment_length=256, window_length=64,
                train=True, data_dir=str(tmp_path))

@@ -8,7 +8,7 @@ import sys
 import numpy as np
 
 from melodi_jax.train import config, optim, trainer
-from melodi_jax.train.errors import UserError  # pylint: disable=unused-import  (for tests)
+from melodi_jax.errors import UserError  # pylint: disable=unused-import  (for tests)
 
 SEGMENT = 16
 WINDOW = 8

@@ -8,6 +8,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax import models
+from melodi_jax.errors import UserError
 
 TINY = 'sizes/tiny.gin'
 MEMORIZING = ['MemorizingStack.memory_layer = 1',
@@ -95,5 +96,5 @@ def assert_config_error(name: str, binding: str, needle: str) -> None:
   """Building config `name` with one more gin binding fails at build time, naming `needle`."""
   import pytest
   files, bindings = CONFIGS[name]
-  with pytest.raises(models.ConfigError, match=needle):
+  with pytest.raises(UserError, match=needle):
     models.build(files, list(bindings) + [binding])

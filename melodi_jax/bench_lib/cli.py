@@ -11,12 +11,9 @@ from typing import Callable, Sequence
 from absl import app, flags
 
 from melodi_jax import models
+from melodi_jax.errors import UserError  # re-exported for the entry points
 from melodi_jax.train import cli as train_cli
 from melodi_jax.train import quiet
-
-
-class UsageError(Exception):
-  """A mistake in the command line or gin config; the message says which flag to change."""
 
 
 def define_common_flags() -> None:
@@ -39,19 +36,27 @@ def gin_bindings() -> list[str]:
 def parse_gin(gin_files: Sequence[str], bindings: Sequence[str] = (),
               search_paths: Sequence[str] | None = None) -> None:
   """models.parse_gin, every run configurable registered first (a run's config parses too), with
-  its ConfigError turned into a UsageError naming the flags."""
+  its UserError's message naming the flags."""
   # gin logs every include it looks for in the wrong folder at ERROR level; the real errors come
-  # back as ConfigError, so quieten it while parsing.
+  # back as UserError, so quieten it while parsing.
   logging.disable(logging.ERROR)
   try:
     if search_paths is None:
       search_paths = flags.FLAGS.gin_search_paths if flags.FLAGS.is_parsed() else ()
     train_cli.register_configurables()
     models.parse_gin(gin_files, bindings, search_paths)
-  except models.ConfigError as e:
-    raise UsageError(f'--gin_file/--gin_bindings: {e}') from e
+  except UserError as e:
+    raise UserError(f'--gin_file/--gin_bindings: {e}') from e
   finally:
     logging.disable(logging.NOTSET)
+
+
+def build_model() -> models.DecoderLM:
+  """models.build_from_gin, with a model config that cannot work reported against the flags."""
+  try:
+    return models.build_from_gin()
+  except UserError as e:
+    raise UserError(f'--gin_file/--gin_bindings: {e}') from e
 
 
 def fail(message: str) -> None:
@@ -69,14 +74,12 @@ def _parse_flags(argv: list[str]) -> list[str]:
 
 
 def run(main: Callable[[list[str]], None]) -> None:
-  """app.run with user errors (UsageError, models.ConfigError, bad flags) as one line + exit 2,
-  quiet by default (train/quiet.py)."""
+  """app.run with user errors (UserError, bad flags) as one line + exit 2, quiet by default
+  (train/quiet.py)."""
   def guarded(argv):
     quiet.setup()
     try:
       main(argv)
-    except UsageError as e:
+    except UserError as e:
       fail(str(e))
-    except models.ConfigError as e:
-      fail(f'--gin_file/--gin_bindings: {e}')
   app.run(guarded, flags_parser=_parse_flags)

@@ -3,10 +3,9 @@
 Importing this package is cheap (no TensorFlow, no corpus reads); `tasks` registers seqio tasks.
 """
 
-from melodi_jax.data.errors import DataError
 from melodi_jax.data.lanes import Documents, LaneStream
 from melodi_jax.data.pipeline import TASKS, make_lanes, parse_task, task_vocabulary
 from melodi_jax.data.vocab import get_vocabulary
 
-__all__ = ["DataError", "Documents", "LaneStream", "TASKS", "get_vocabulary", "make_lanes",
-           "parse_task", "task_vocabulary"]
+__all__ = ["Documents", "LaneStream", "TASKS", "get_vocabulary", "make_lanes", "parse_task",
+           "task_vocabulary"]

@@ -21,8 +21,8 @@ from typing import Callable, Iterable, Iterator
 from absl import app, flags
 
 from melodi_jax.data import fetch
-from melodi_jax.data.errors import DataError, exit_on_data_error
 from melodi_jax.data.paths import MANIFEST, SPLITS, data_root
+from melodi_jax.errors import UserError, exit_on_user_error
 
 HELD_OUT_FRACTION = 0.05  # of documents, each for validation and test
 SOURCES = "sources.json"
@@ -128,13 +128,13 @@ def _define_flags() -> None:
     flags.DEFINE_bool("force", False, "Rebuild corpora that are already built.")
 
 
-@exit_on_data_error
+@exit_on_user_error
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise DataError(f"unexpected arguments {argv[1:]}: use --corpora=books,math,code")
+        raise UserError(f"unexpected arguments {argv[1:]}: use --corpora=books,math,code")
     unknown = sorted(set(flags.FLAGS.corpora) - set(CORPORA))
     if unknown:
-        raise DataError(f"--corpora has unknown {unknown}: choose from {sorted(CORPORA)}")
+        raise UserError(f"--corpora has unknown {unknown}: choose from {sorted(CORPORA)}")
     logging.getLogger().setLevel(logging.WARNING)
     root = data_root(flags.FLAGS.data_dir)
     root.mkdir(parents=True, exist_ok=True)

@@ -29,7 +29,7 @@ from typing import Iterator, Sequence
 
 import numpy as np
 
-from melodi_jax.data.errors import DataError
+from melodi_jax.errors import UserError
 
 STATE_FORMAT = "melodi_lanes/1"
 Batch = dict[str, np.ndarray]
@@ -101,7 +101,7 @@ class LaneStream:
         check_shapes(batch_size=batch_size, segment_length=segment_length,
                      window_length=window_length)
         if not 0 <= shard_index < num_shards:
-            raise DataError(f"shard_index={shard_index} must be in [0, num_shards={num_shards})")
+            raise UserError(f"shard_index={shard_index} must be in [0, num_shards={num_shards})")
         self.documents = documents
         self.batch_size = batch_size
         self.segment_length = segment_length
@@ -123,7 +123,7 @@ class LaneStream:
         by_length = np.argsort(-self._lengths, kind="stable")
         self.shard_documents = np.sort(by_length[shard_index::num_shards])
         if len(self.shard_documents) == 0:
-            raise DataError(f"data shard {shard_index} of {num_shards} has no documents "
+            raise UserError(f"data shard {shard_index} of {num_shards} has no documents "
                             f"(the split has {len(documents)}): use fewer shards or more documents")
         self._order_epoch = -1
         self._order = self.shard_documents
@@ -152,13 +152,13 @@ class LaneStream:
         """Continues exactly where the stream that produced `state` stopped."""
         expected = self.initial_state()
         if state.get("format") != STATE_FORMAT:
-            raise DataError(f"lane state format {state.get('format')!r} is not {STATE_FORMAT!r}")
+            raise UserError(f"lane state format {state.get('format')!r} is not {STATE_FORMAT!r}")
         for key in ("train", "shard_index", "num_shards", "num_documents"):
             if state.get(key) != expected[key]:
-                raise DataError(f"lane state has {key}={state.get(key)!r} but this stream has "
+                raise UserError(f"lane state has {key}={state.get(key)!r} but this stream has "
                                 f"{expected[key]!r}: restore with the same data flags")
         if len(state["lanes"]) != self.batch_size:
-            raise DataError(f"lane state has {len(state['lanes'])} lanes but batch_size="
+            raise UserError(f"lane state has {len(state['lanes'])} lanes but batch_size="
                             f"{self.batch_size}: restore with the same per-shard batch size")
         self.seed = int(state["seed"])
         self._epoch = int(state["epoch"])
@@ -168,7 +168,7 @@ class LaneStream:
         busy = self._lane_doc >= 0
         if np.any(self._lane_doc >= len(self.documents)) or np.any(
                 self._lane_offset[busy] >= self._lengths[self._lane_doc[busy]]):
-            raise DataError("lane state points past the documents of this split: the corpus "
+            raise UserError("lane state points past the documents of this split: the corpus "
                             "changed since the state was saved; rebuild it or start afresh")
 
     # ----------------------------------------------------------------------------- order
@@ -256,7 +256,7 @@ class LaneStream:
     def count_batches(self) -> int:
         """Batches an evaluation stream yields from its current state (cheap: lengths only)."""
         if self.train:
-            raise DataError("count_batches is for evaluation streams; training never ends")
+            raise UserError("count_batches is for evaluation streams; training never ends")
         saved, count = self.state(), 0
         while not self.finished:
             for lane in range(self.batch_size):
@@ -267,9 +267,9 @@ class LaneStream:
 
 
 def check_shapes(*, batch_size: int, segment_length: int, window_length: int) -> None:
-    """Raises DataError unless B >= 1 and the window length W divides the segment length T."""
+    """Raises UserError unless B >= 1 and the window length W divides the segment length T."""
     if batch_size < 1:
-        raise DataError(f"batch_size={batch_size} must be at least 1")
+        raise UserError(f"batch_size={batch_size} must be at least 1")
     if window_length < 1 or segment_length < 1 or segment_length % window_length:
-        raise DataError(f"window_length={window_length} must divide segment_length="
+        raise UserError(f"window_length={window_length} must divide segment_length="
                         f"{segment_length}: pick a segment length that is a multiple of the window")

@@ -36,9 +36,9 @@ import hashlib
 import gin
 import numpy as np
 
-from melodi_jax.data.errors import DataError
 from melodi_jax.data.lanes import Documents
 from melodi_jax.data.paths import SPLITS
+from melodi_jax.errors import UserError
 
 FILLER_FIRST = 32
 KEY_FIRST = 128
@@ -67,29 +67,29 @@ class MQARConfig:
   seed: int = 0
 
   def validate(self) -> None:
-    """Raises DataError naming the gin parameter when the task cannot be laid out."""
+    """Raises UserError naming the gin parameter when the task cannot be laid out."""
     w = self.window_length
     if not (0 < self.filler_vocab <= KEY_FIRST - FILLER_FIRST and 0 < self.key_vocab <= VALUE_FIRST
             - KEY_FIRST and 0 < self.value_vocab <= 256 - VALUE_FIRST):
-      raise DataError('MQARConfig.filler_vocab/key_vocab/value_vocab must be in 1..96/1..64/1..64')
+      raise UserError('MQARConfig.filler_vocab/key_vocab/value_vocab must be in 1..96/1..64/1..64')
     if self.key_tokens < 1 or self.distractors < 0:
-      raise DataError('MQARConfig.key_tokens must be >= 1 and MQARConfig.distractors >= 0')
+      raise UserError('MQARConfig.key_tokens must be >= 1 and MQARConfig.distractors >= 0')
     for n in set(self.num_pairs) | set(self.eval_pairs):
       if n < 1 or n + self.distractors > self.key_vocab ** self.key_tokens:
-        raise DataError(f'MQARConfig: N = {n} pairs (+ {self.distractors} distractors) need more '
+        raise UserError(f'MQARConfig: N = {n} pairs (+ {self.distractors} distractors) need more '
                         f'distinct keys than key_vocab ** key_tokens; raise MQARConfig.key_vocab')
       if n * (self.key_tokens + 1) > w:
-        raise DataError(f'MQARConfig: a store of N = {n} pairs is {n * (self.key_tokens + 1)} '
+        raise UserError(f'MQARConfig: a store of N = {n} pairs is {n * (self.key_tokens + 1)} '
                         f'tokens, more than a window ({w}); use fewer pairs or a longer window')
     if min(self.distances + self.eval_distances) < 0:
-      raise DataError('MQARConfig.distances / eval_distances must be >= 0 windows')
+      raise UserError('MQARConfig.distances / eval_distances must be >= 0 windows')
     longest = max(episode_windows(self, n, k) for n in self.num_pairs for k in self.distances)
     if self.document_tokens % w or self.document_tokens < longest * w:
-      raise DataError(f'MQARConfig.document_tokens = {self.document_tokens} must be a multiple of '
+      raise UserError(f'MQARConfig.document_tokens = {self.document_tokens} must be a multiple of '
                       f'the window ({w}) holding the longest train episode ({longest} windows): '
                       f'set it to the training segment length, or train on shorter distances')
     if not self.cells():
-      raise DataError('MQARConfig: no (eval_pairs, eval_distances) cell fits a window')
+      raise UserError('MQARConfig: no (eval_pairs, eval_distances) cell fits a window')
 
   def cells(self, split: str = 'test') -> list[tuple[int, int]]:
     """The (N, k) grid of an evaluation split, k = 0 only where store + query fit a window: test
@@ -139,7 +139,7 @@ def _write_episode(tokens: np.ndarray, rng: np.random.Generator, config: MQARCon
     # Between the store's end and the query's start, non-overlapping slots of kt + 1 tokens.
     gap_slots = (query - (start + region)) // (kt + 1)
     if gap_slots < len(distractor_keys):
-      raise DataError(f'MQARConfig.distractors = {len(distractor_keys)} do not fit between store '
+      raise UserError(f'MQARConfig.distractors = {len(distractor_keys)} do not fit between store '
                       f'and query at k = {k}; use fewer distractors or k >= 1')
     for key, slot in zip(distractor_keys, rng.choice(gap_slots, len(distractor_keys), False)):
       at = start + region + slot * (kt + 1)
@@ -215,7 +215,7 @@ def train_document(rng: np.random.Generator,
     episodes.append(_write_episode(tokens, rng, config, start, n, k, keys[:n], keys[n:]))
     at = end
   if not episodes:
-    raise DataError('MQARConfig: no train episode fits MQARConfig.document_tokens; raise it')
+    raise UserError('MQARConfig: no train episode fits MQARConfig.document_tokens; raise it')
   return tokens, episodes
 
 
@@ -225,7 +225,7 @@ def split_documents(config: MQARConfig, split: str) -> tuple[tuple[np.ndarray, .
                                                              tuple[str, ...]]:
   """(tokens per document, episodes per document, names) of a split; deterministic."""
   if split not in SPLITS:
-    raise DataError(f'split {split!r} is not one of {SPLITS}')
+    raise UserError(f'split {split!r} is not one of {SPLITS}')
   config.validate()
   rng = np.random.default_rng([config.seed, SPLITS.index(split), 11])
   docs, episodes, names = [], [], []

@@ -6,7 +6,7 @@ import csv
 import os
 import pathlib
 
-from melodi_jax.data.errors import DataError
+from melodi_jax.errors import UserError
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[2]
 SPLITS = ("train", "validation", "test")
@@ -23,7 +23,7 @@ def read_manifest(corpus_dir: pathlib.Path) -> list[dict]:
     """Rows {file, bytes, md5, split} of a built corpus, in corpus order (sorted by file)."""
     path = corpus_dir / MANIFEST
     if not path.exists():
-        raise DataError(f"{path} not found: build the corpus with `bash launch/prepare_data.sh` "
+        raise UserError(f"{path} not found: build the corpus with `bash launch/prepare_data.sh` "
                         f"(or set MELODI_DATA_DIR to where it was built)")
     with path.open(newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))

@@ -10,11 +10,11 @@ import logging
 
 import numpy as np
 
-from melodi_jax.data import mqar, sources, tokens
-from melodi_jax.data.errors import DataError
+from melodi_jax.data import mqar, recall, sources, tokens
 from melodi_jax.data.lanes import LaneStream, check_shapes
 from melodi_jax.data.paths import data_root
 from melodi_jax.data.vocab import VOCABULARIES, Vocabulary, get_vocabulary
+from melodi_jax.errors import UserError
 
 # recall.py (bytes): recall = language modelling on the recall documents, recallkeys = the same
 # documents with loss only on what must be recalled (question key digits, echo repeats).
@@ -24,16 +24,27 @@ TASKS = tuple(f"{c}_{v}" for c in CORPORA for v in VOCABULARIES)
 
 
 def parse_task(task: str) -> tuple[str, str]:
-    """'books_spm16k' -> ('books', 'spm16k'); DataError for unknown names."""
+    """'books_spm16k' -> ('books', 'spm16k'); UserError for unknown names."""
     corpus, _, vocabulary = task.rpartition("_")
     if corpus not in CORPORA or vocabulary not in VOCABULARIES:
-        raise DataError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
+        raise UserError(f"unknown task {task!r}: choose from {', '.join(TASKS)}")
     return corpus, vocabulary
 
 
 def task_vocabulary(task: str) -> Vocabulary:
     """The vocabulary of a task name (its size is the model's vocab_size)."""
     return get_vocabulary(parse_task(task)[1])
+
+
+def document_source(corpus: str, split: str, *, text_dir: str | None = None,
+                    tfds_data_dir: str | None = None,
+                    data_dir: str | None = None) -> sources.DocumentSource:
+    """The text documents of `corpus` for `split`: the recall task's (built from the books
+    corpus) or a plain source (sources.source_for)."""
+    if corpus == "recall":
+        return recall.recall_source(split, data_dir)
+    return sources.source_for(corpus, split, text_dir=text_dir, tfds_data_dir=tfds_data_dir,
+                              data_dir=data_dir)
 
 
 def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
@@ -64,13 +75,13 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
                  window_length=window_length)
     if task is None:
         if not text_dir:
-            raise DataError("pass --task=NAME or --text_dir=PATH to choose the data")
+            raise UserError("pass --task=NAME or --text_dir=PATH to choose the data")
         task = f"text_dir_{vocabulary}"
     corpus, vocabulary_name = parse_task(task)
     if text_dir and corpus != "text_dir":
-        raise DataError(f"--text_dir given with task {task!r}: pass only one of them")
+        raise UserError(f"--text_dir given with task {task!r}: pass only one of them")
     if corpus == "recallkeys" and vocabulary_name != "bytes":
-        raise DataError(f"{task}: the recall task's key positions are byte offsets; use "
+        raise UserError(f"{task}: the recall task's key positions are byte offsets; use "
                         "recallkeys_bytes")
     vocab = get_vocabulary(vocabulary_name)
     if corpus == "mqar":
@@ -78,12 +89,11 @@ def make_lanes(task: str | None, split: str, *, text_dir: str | None = None,
                            segment_length=segment_length, window_length=window_length,
                            train=train, seed=seed, shard_index=shard_index,
                            num_shards=num_shards, state=state)
-    source = sources.source_for("recall" if corpus == "recallkeys" else corpus, split,
-                                text_dir=text_dir, tfds_data_dir=tfds_data_dir, data_dir=data_dir)
+    source = document_source("recall" if corpus == "recallkeys" else corpus, split,
+                             text_dir=text_dir, tfds_data_dir=tfds_data_dir, data_dir=data_dir)
     cache_dir = data_root(data_dir) / "cache" / "tokens"
     documents = tokens.load_documents(source, vocab, cache_dir=cache_dir)
     if corpus == "recallkeys":
-        from melodi_jax.data import recall  # pylint: disable=g-import-not-at-top
         documents = recall.with_recall_weights(documents, split, data_dir)
     short = int(np.sum(documents.lengths() < window_length))
     if short:
@@ -103,10 +113,10 @@ def _mqar_lanes(task: str, split: str, vocabulary_name: str, vocab: Vocabulary, 
     """Lanes over the MQAR documents of the gin-bound `mqar.MQARConfig`."""
     config = mqar.MQARConfig()
     if vocabulary_name != "bytes":
-        raise DataError(f"{task}: the MQAR task's token ids are in the bytes vocabulary; use "
+        raise UserError(f"{task}: the MQAR task's token ids are in the bytes vocabulary; use "
                         "mqar_bytes")
     if config.window_length != window_length:
-        raise DataError(f"MQARConfig.window_length = {config.window_length} but the model reads "
+        raise UserError(f"MQARConfig.window_length = {config.window_length} but the model reads "
                         f"windows of {window_length}: bind MQARConfig.window_length = "
                         f"{window_length}")
     return LaneStream(mqar.documents(config, split), window_length=window_length,

@@ -48,8 +48,9 @@ from typing import Iterator
 
 import numpy as np
 
-from melodi_jax.data.errors import DataError
+from melodi_jax.data import sources
 from melodi_jax.data.paths import SPLITS
+from melodi_jax.errors import UserError
 
 WINDOW = 64                          # tokens per window the distances k are counted in
 DISTANCES = (1, 2, 4, 8, 16, 32)     # k, in windows, of the scored (validation/test) documents
@@ -171,9 +172,9 @@ def examples(split: str, pool: bytes, *, window: int = WINDOW,
              train_documents: int = TRAIN_DOCUMENTS) -> list[RecallExample]:
   """The documents of a split, deterministic in (split, pool)."""
   if split not in SPLITS:
-    raise DataError(f'split {split!r} is not one of {SPLITS}')
+    raise UserError(f'split {split!r} is not one of {SPLITS}')
   if len(pool) < 4 * window * max(DISTANCES):
-    raise DataError(f'recall: {len(pool)} bytes of book text is too little filler; build the '
+    raise UserError(f'recall: {len(pool)} bytes of book text is too little filler; build the '
                     'books corpus with `bash launch/prepare_data.sh --corpora=books`')
   rng = np.random.default_rng([SPLITS.index(split), 7])
   if split != 'train':
@@ -190,7 +191,6 @@ def examples(split: str, pool: bytes, *, window: int = WINDOW,
 
 @functools.lru_cache(maxsize=4)
 def _cached_examples(split: str, data_dir: str | None) -> tuple[RecallExample, ...]:
-  from melodi_jax.data import sources  # pylint: disable=g-import-not-at-top
   books = sources.corpus_source('books', split, data_dir)
   return tuple(examples(split, filler_pool(books.read())))
 
@@ -213,9 +213,8 @@ def with_recall_weights(documents, split: str, data_dir: str | None):
   return dataclasses.replace(documents, target_weights=weights)
 
 
-def recall_source(split: str, data_dir: str | None = None):
-  """A `sources.DocumentSource` over the recall documents of `split` (task `recall_bytes`)."""
-  from melodi_jax.data import sources  # pylint: disable=g-import-not-at-top
+def recall_source(split: str, data_dir: str | None = None) -> sources.DocumentSource:
+  """A DocumentSource over the recall documents of `split` (task `recall_bytes`)."""
   books = sources.corpus_source('books', split, data_dir)
   fingerprint = hashlib.sha256(
       f'{VERSION}\0{split}\0{books.fingerprint}\0{WINDOW}\0{DISTANCES}\0'

@@ -14,8 +14,8 @@ from typing import Callable, Iterator
 
 import numpy as np
 
-from melodi_jax.data.errors import DataError
 from melodi_jax.data.paths import SPLITS, data_root, read_manifest
+from melodi_jax.errors import UserError
 
 CORPORA = ("books", "math", "code")
 
@@ -32,7 +32,7 @@ class DocumentSource:
 
 def _check_split(split: str) -> None:
     if split not in SPLITS:
-        raise DataError(f"split {split!r} is not one of {SPLITS}: pass --split=train|validation|test")
+        raise UserError(f"split {split!r} is not one of {SPLITS}: pass --split=train|validation|test")
 
 
 def _files_source(description: str, files: list[tuple[str, pathlib.Path]]) -> DocumentSource:
@@ -55,7 +55,7 @@ def corpus_source(corpus: str, split: str, data_dir: str | None = None) -> Docum
     corpus_dir = data_root(data_dir) / corpus
     rows = [r for r in read_manifest(corpus_dir) if r["split"] == split]
     if not rows:
-        raise DataError(f"{corpus_dir}/manifest.tsv lists no {split} documents: rebuild with "
+        raise UserError(f"{corpus_dir}/manifest.tsv lists no {split} documents: rebuild with "
                         f"`bash launch/prepare_data.sh --corpora={corpus} --force`")
     return _files_source(f"{corpus}/{split}", [(r["file"], corpus_dir / r["file"]) for r in rows])
 
@@ -69,13 +69,13 @@ def text_dir_source(text_dir: str, split: str) -> DocumentSource:
     _check_split(split)
     root = pathlib.Path(text_dir).expanduser()
     if not root.is_dir():
-        raise DataError(f"--text_dir={text_dir} is not a folder: pass a folder of text files")
+        raise UserError(f"--text_dir={text_dir} is not a folder: pass a folder of text files")
     if (root / split).is_dir():
         root = root / split
     files = [p for p in sorted(root.rglob("*"))
              if p.is_file() and not any(part.startswith(".") for part in p.relative_to(root).parts)]
     if not files:
-        raise DataError(f"--text_dir={root} holds no files: put one text file per document there")
+        raise UserError(f"--text_dir={root} holds no files: put one text file per document there")
     return _files_source(f"text_dir {root}", [(str(p.relative_to(root)), p) for p in files])
 
 
@@ -83,11 +83,11 @@ def pg19_source(split: str, tfds_data_dir: str | None) -> DocumentSource:
     """PG-19 from a prepared TFDS copy (`tfds build pg19 --data_dir=DIR` done beforehand)."""
     _check_split(split)
     if not tfds_data_dir:
-        raise DataError("pg19 tasks need --tfds_data_dir=DIR holding a prepared TFDS `pg19`")
+        raise UserError("pg19 tasks need --tfds_data_dir=DIR holding a prepared TFDS `pg19`")
     root = pathlib.Path(tfds_data_dir).expanduser()
     versions = sorted(root.glob("pg19/*/dataset_info.json"))
     if not versions:
-        raise DataError(f"no prepared pg19 under --tfds_data_dir={tfds_data_dir}: run "
+        raise UserError(f"no prepared pg19 under --tfds_data_dir={tfds_data_dir}: run "
                         f"`tfds build pg19 --data_dir={tfds_data_dir}` where network exists")
     fingerprint = hashlib.sha256(f"{versions[-1]}\0{split}".encode()).hexdigest()
 
@@ -123,19 +123,17 @@ def synthetic_source(split: str, num_documents: int = 24) -> DocumentSource:
 
 def source_for(corpus: str, split: str, *, text_dir: str | None = None,
                tfds_data_dir: str | None = None, data_dir: str | None = None) -> DocumentSource:
-    """The documents of `corpus` (books, math, code, pg19, synthetic, text_dir) for `split`."""
+    """The documents of `corpus` (books, math, code, pg19, synthetic, text_dir) for `split`; the
+    task corpora built on these (recall.py, mqar.py) are composed in pipeline.py."""
     if corpus in CORPORA:
         return corpus_source(corpus, split, data_dir)
     if corpus == "pg19":
         return pg19_source(split, tfds_data_dir)
     if corpus == "synthetic":
         return synthetic_source(split)
-    if corpus == "recall":
-        from melodi_jax.data import recall  # the long-range recall task
-        return recall.recall_source(split, data_dir)
     if corpus == "text_dir":
         if not text_dir:
-            raise DataError("text_dir tasks need --text_dir=PATH (a folder of text files)")
+            raise UserError("text_dir tasks need --text_dir=PATH (a folder of text files)")
         return text_dir_source(text_dir, split)
-    raise DataError(f"unknown corpus {corpus!r}: choose from "
+    raise UserError(f"unknown corpus {corpus!r}: choose from "
                     f"{CORPORA + ('pg19', 'synthetic', 'text_dir')}")

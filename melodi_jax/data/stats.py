@@ -11,9 +11,9 @@ import json
 import numpy as np
 from absl import app, flags
 
-from melodi_jax.data.errors import DataError, exit_on_data_error
 from melodi_jax.data.lanes import LaneStream
 from melodi_jax.data.pipeline import make_lanes
+from melodi_jax.errors import UserError, exit_on_user_error
 
 PERCENTILES = (10, 50, 90, 99, 100)
 
@@ -72,10 +72,10 @@ def _define_flags() -> None:
     flags.DEFINE_bool("json", False, "Print one JSON object instead of text.")
 
 
-@exit_on_data_error
+@exit_on_user_error
 def main(argv: list[str]) -> None:
     if len(argv) > 1:
-        raise DataError(f"unexpected arguments {argv[1:]}: use --task=NAME --split=SPLIT")
+        raise UserError(f"unexpected arguments {argv[1:]}: use --task=NAME --split=SPLIT")
     f = flags.FLAGS
     stream = make_lanes(f.task, f.split, text_dir=f.text_dir, vocabulary=f.vocabulary,
                         batch_size=f.batch_size, segment_length=f.segment_length,

@@ -17,8 +17,7 @@ import pathlib
 import seqio
 import tensorflow as tf
 
-from melodi_jax.data import sources
-from melodi_jax.data.pipeline import CORPORA
+from melodi_jax.data.pipeline import CORPORA, document_source
 from melodi_jax.data.vocab import SPM16K_MODEL, VOCABULARIES
 
 try:
@@ -80,8 +79,8 @@ def _dataset_fn(corpus: str, text_dir: str | None = None):
 
     def dataset_fn(split: str, shuffle_files: bool = False) -> tf.data.Dataset:
         del shuffle_files  # document order is fixed; lanes shuffle documents themselves
-        source = sources.source_for(corpus, split, text_dir=text_dir,
-                                    tfds_data_dir=os.environ.get("TFDS_DATA_DIR"))
+        source = document_source(corpus, split, text_dir=text_dir,
+                                 tfds_data_dir=os.environ.get("TFDS_DATA_DIR"))
         return tf.data.Dataset.from_generator(
             lambda: ({"text": data} for _, data in source.read()),
             output_signature={"text": tf.TensorSpec([], tf.string)})

@@ -15,11 +15,11 @@ import shutil
 
 import numpy as np
 
-from melodi_jax.data.errors import DataError
 from melodi_jax.data.lanes import Documents
 from melodi_jax.data.paths import data_root
 from melodi_jax.data.sources import DocumentSource
 from melodi_jax.data.vocab import Vocabulary
+from melodi_jax.errors import UserError
 
 CACHE_VERSION = "tokens-v1"
 
@@ -62,7 +62,7 @@ def tokenize(source: DocumentSource, vocab: Vocabulary) -> tuple[Documents, dict
         names.append(name)
         lengths.append(len(ids))
     if not names:
-        raise DataError(f"{source.description}: all {counts['documents']} documents are empty: "
+        raise UserError(f"{source.description}: all {counts['documents']} documents are empty: "
                         f"put text in them or pick another folder/split")
     offsets = np.concatenate([[0], np.cumsum(lengths)]).astype(np.int64)
     return Documents(np.concatenate(pieces), offsets, tuple(names)), counts

@@ -15,7 +15,7 @@ from typing import Iterator
 import numpy as np
 from absl import app, flags
 
-from melodi_jax.data.errors import DataError, exit_on_data_error
+from melodi_jax.errors import UserError, exit_on_user_error
 
 SPM16K_MODEL = pathlib.Path(__file__).resolve().parent / "books_spm16k.model"
 VOCABULARIES = ("bytes", "spm16k")
@@ -61,7 +61,7 @@ class SentencePieceVocabulary:
 
         self.model_path = pathlib.Path(model_path)
         if not self.model_path.exists():
-            raise DataError(f"SentencePiece model {self.model_path} not found: train it with "
+            raise UserError(f"SentencePiece model {self.model_path} not found: train it with "
                             f"`python -m melodi_jax.data.vocab` (needs the books corpus)")
         self.name = name
         self.processor = sentencepiece.SentencePieceProcessor(model_file=str(self.model_path))
@@ -107,7 +107,7 @@ def get_vocabulary(name: str) -> Vocabulary:
         return ByteVocabulary()
     if name == "spm16k":
         return SentencePieceVocabulary(SPM16K_MODEL, "spm16k")
-    raise DataError(f"unknown vocabulary {name!r}: choose from {VOCABULARIES}")
+    raise UserError(f"unknown vocabulary {name!r}: choose from {VOCABULARIES}")
 
 
 # --------------------------------------------------------------------------------- training
@@ -125,7 +125,7 @@ def train_sentencepiece(files: list[pathlib.Path], output: pathlib.Path,
     import sentencepiece
 
     if not files:
-        raise DataError("no training files for SentencePiece: build the books corpus first")
+        raise UserError("no training files for SentencePiece: build the books corpus first")
     output.parent.mkdir(parents=True, exist_ok=True)
     with open(output, "wb") as writer:
         sentencepiece.SentencePieceTrainer.train(
@@ -147,7 +147,7 @@ def _define_flags() -> None:
     flags.DEFINE_integer("vocab_size", 16384, "SentencePiece vocabulary size.")
 
 
-@exit_on_data_error
+@exit_on_user_error
 def main(argv: list[str]) -> None:
     from melodi_jax.data.paths import data_root, read_manifest
 

@@ -7,12 +7,18 @@ from typing import Sequence
 
 from melodi_jax.experiments.reporting import LABELS, clock, fmt, git_commit, machine, millions
 from melodi_jax.experiments.reporting import style
-from melodi_jax.experiments.run_folder import RunSummary, read_json, run_settings, summarize
+from melodi_jax.experiments.run_folder import RunSummary, load_rows, read_json, setup_line
+from melodi_jax.experiments.run_folder import summarize
 
 COMPARE_SPLITS = (('books_bytes', 'validation'), ('books_bytes', 'test'), ('math_bytes', 'test'),
                   ('code_bytes', 'test'))
 # The paper's perplexity ordering, best first: MELODI <= Memorizing <= Block-Recurrent <= TXL.
 PAPER_ORDER = ('melodi', 'memorizing_dense', 'block_recurrent', 'transformer_xl')
+# The bindings the Setup line shows.
+SETUP_KEYS = ('ModelConfig.num_layers', 'ModelConfig.model_dim', 'ModelConfig.num_heads',
+              'ModelConfig.head_dim', 'ModelConfig.mlp_dim', 'ModelConfig.window_length',
+              'TrainConfig.segment_length', 'TrainConfig.batch_size', 'TrainConfig.num_steps',
+              'TrainConfig.seed', 'OptimizerConfig.name', 'OptimizerConfig.peak_learning_rate')
 
 
 def _bpb(summary: RunSummary, task: str, split: str) -> float | None:
@@ -125,9 +131,7 @@ def memory_usage_table(rows: Sequence[RunSummary]) -> list[str]:
 
 def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str:
   """Writes OUT/compare_small.md and its two PNGs from the run folders under RUNS."""
-  summaries = [summarize(name, os.path.join(runs, name)) for name in rows
-               if os.path.isdir(os.path.join(runs, name))]
-  missing = [name for name in rows if not os.path.isdir(os.path.join(runs, name))]
+  summaries, missing = load_rows(runs, rows, summarize)
   os.makedirs(out, exist_ok=True)
   curves_png, tradeoff_png = 'compare_small_validation.png', 'compare_small_tradeoff.png'
   plot_curves(summaries, os.path.join(out, curves_png),
@@ -154,13 +158,7 @@ def compare_small(runs: str, out: str, rows: Sequence[str], command: str) -> str
       cells.append(fmt(result.get('bits_per_byte')) + mark)
     lines.append('| ' + ' | '.join(cells) + ' |')
 
-  settings = run_settings(summaries[0].workdir) if summaries else {}
-  keys = ('ModelConfig.num_layers', 'ModelConfig.model_dim', 'ModelConfig.num_heads',
-          'ModelConfig.head_dim', 'ModelConfig.mlp_dim', 'ModelConfig.window_length',
-          'TrainConfig.segment_length', 'TrainConfig.batch_size', 'TrainConfig.num_steps',
-          'TrainConfig.seed', 'OptimizerConfig.name', 'OptimizerConfig.peak_learning_rate')
-  setup = ', '.join(f'{k.split(".")[1].replace("name", "optimizer")} {settings[k]}'
-                    for k in keys if k in settings)
+  setup = setup_line(summaries, SETUP_KEYS)
   parts = []
   for row in summaries:
     if row.memory_parts:

@@ -17,14 +17,15 @@ loss is below --formed_below nats.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
-import sys
 import time
 from typing import Sequence
 
+from absl import flags
 import numpy as np
+
+from melodi_jax.train import cli
 
 LETTERS = 26
 FIRST_LETTER = ord('a')
@@ -60,16 +61,17 @@ def loss_weights(copyable: np.ndarray, window: int, loss_on: str) -> np.ndarray:
 
 
 def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_rate: float,
-        log_every: int, formed_below: float, seed: int = 0, loss_on: str = 'after_window') -> dict:
+        log_every: int, formed_below: float, seed: int = 0, loss_on: str = 'after_window',
+        gin_search_paths: Sequence[str] = ('configs',)) -> dict:
   import gin  # pylint: disable=g-import-not-at-top
   gin.clear_config()  # drops the bindings of a run parsed before in this process
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
   from melodi_jax import models  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import cli, config  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import config  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
-  cli.parse_gin(list(gin_files), list(bindings), ['configs'])
+  cli.parse_gin(list(gin_files), list(bindings), list(gin_search_paths))
   train_config = config.TrainConfig()
   model = models.build_from_gin(train_config.segment_length)  # from the gin state parsed above
   batch, length, window = train_config.batch_size, train_config.segment_length, model.window_length
@@ -109,32 +111,43 @@ def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_
           'seed': seed, 'loss_on': loss_on, 'formed_below': formed_below, 'formed_at_step': formed, 'curve': curve}
 
 
-def main(argv: Sequence[str] | None = None) -> None:
-  parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--gin_file', action='append', required=True)
-  parser.add_argument('--gin_bindings', action='append', default=[])
-  parser.add_argument('--steps', type=int, default=2000)
-  parser.add_argument('--learning_rate', type=float, default=3e-3)
-  parser.add_argument('--log_every', type=int, default=100)
-  parser.add_argument('--formed_below', type=float, default=1.0)
-  parser.add_argument('--seed', type=int, default=0, help='parameters and patterns')
-  parser.add_argument('--loss_on', choices=LOSS_ON, default='after_window',
-                      help='the targets trained on (scored: after the first window)')
-  parser.add_argument('--json', default=None, help='write the curve here')
-  args = parser.parse_args(argv)
-  if args.steps < 1 or args.log_every < 1:
-    print('error: --steps and --log_every must be >= 1', file=sys.stderr)
-    sys.exit(2)
-  result = run(args.gin_file, args.gin_bindings, args.steps, args.learning_rate, args.log_every,
-               args.formed_below, args.seed, args.loss_on)
+def define_flags() -> None:
+  """The command-line flags (defined only when run as a program: the library stays importable
+  beside other entry points)."""
+  cli.define_gin_flags()
+  flags.DEFINE_integer('steps', 2000, 'Training steps.')
+  flags.DEFINE_float('learning_rate', 3e-3, 'AdamW learning rate (constant).')
+  flags.DEFINE_integer('log_every', 100, 'Print and record the copy loss every this many steps.')
+  flags.DEFINE_float('formed_below', 1.0, 'The copy circuit counts as formed at the first '
+                     'logged step whose copy loss is below this many nats.')
+  flags.DEFINE_integer('seed', 0, 'Parameters and patterns.')
+  flags.DEFINE_enum('loss_on', 'after_window', LOSS_ON,
+                    'The targets trained on (scored: after the first window).')
+  flags.DEFINE_string('json', None, 'Write the curve here.')
+
+
+FLAGS = flags.FLAGS
+
+
+def main(argv: Sequence[str]) -> None:
+  if len(argv) > 1:
+    raise cli.UserError(f'unexpected arguments {argv[1:]}; pass everything as --flags')
+  if not FLAGS.gin_file:
+    raise cli.UserError('--gin_file is required: pass the model and size configs')
+  if FLAGS.steps < 1 or FLAGS.log_every < 1:
+    raise cli.UserError('--steps and --log_every must be >= 1')
+  result = run(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.steps, FLAGS.learning_rate,
+               FLAGS.log_every, FLAGS.formed_below, FLAGS.seed, FLAGS.loss_on,
+               FLAGS.gin_search_paths)
   formed = result['formed_at_step']
-  print(f'copy circuit formed (loss < {args.formed_below}) at step {formed}' if formed else
-        f'copy circuit not formed in {args.steps} steps (loss never < {args.formed_below})')
-  if args.json:
-    with open(args.json + '.tmp', 'w', encoding='utf-8') as f:
+  print(f'copy circuit formed (loss < {FLAGS.formed_below}) at step {formed}' if formed else
+        f'copy circuit not formed in {FLAGS.steps} steps (loss never < {FLAGS.formed_below})')
+  if FLAGS.json:
+    with open(FLAGS.json + '.tmp', 'w', encoding='utf-8') as f:
       json.dump(result, f, indent=1)
-    os.replace(args.json + '.tmp', args.json)
+    os.replace(FLAGS.json + '.tmp', FLAGS.json)
 
 
 if __name__ == '__main__':
-  main()
+  define_flags()
+  cli.run(main)

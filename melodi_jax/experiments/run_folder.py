@@ -9,7 +9,9 @@ import json
 import os
 import re
 import statistics
-from typing import Any
+from typing import Any, Callable, Sequence, TypeVar
+
+_Row = TypeVar('_Row')
 
 CURVE_TAG = 'eval/books_bytes_validation/bits_per_byte'
 
@@ -99,6 +101,24 @@ def summarize(name: str, workdir: str, curve_tag: str = CURVE_TAG) -> RunSummary
   summary.evals = latest_evals(workdir)
   summary.curve = tensorboard_scalars(workdir, curve_tag)
   return summary
+
+
+def load_rows(folder: str, rows: Sequence[str],
+              load: Callable[[str, str], _Row]) -> tuple[list[_Row], list[str]]:
+  """(loaded, missing): load(name, FOLDER/name) of every row with a folder there, in the order
+  of `rows`, and the names of the rows without one."""
+  loaded = [load(name, os.path.join(folder, name)) for name in rows
+            if os.path.isdir(os.path.join(folder, name))]
+  missing = [name for name in rows if not os.path.isdir(os.path.join(folder, name))]
+  return loaded, missing
+
+
+def setup_line(summaries: Sequence[RunSummary], keys: Sequence[str]) -> str:
+  """The bindings `keys` ('Class.parameter') of the first run's config.gin, as a report's Setup
+  line: 'num_layers 4, ..., optimizer adamw' ('' without a run)."""
+  settings = run_settings(summaries[0].workdir) if summaries else {}
+  return ', '.join(f'{k.split(".")[1].replace("name", "optimizer")} {settings[k]}'
+                   for k in keys if k in settings)
 
 
 def run_settings(workdir: str) -> dict[str, str]:

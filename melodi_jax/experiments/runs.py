@@ -11,7 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 
 
 @dataclasses.dataclass

@@ -58,7 +58,7 @@ class KnnMemory:
 
   def initial_state(self, config, batch_size: int) -> dict:
     return initial_state(batch_size, self.slots, config.num_heads, config.head_dim,
-                         config.carry_dtype)
+                         config.memory_dtype)
 
   def read(self, config, attention: Attention, state: dict, extras: dict, deterministic: bool):
     return Reading(cross=read(state))

@@ -73,11 +73,11 @@ class RecurrentStates:
     return dict(cross_gate=True)
 
   def initial_state(self, config, batch_size: int) -> dict:
-    return initial_state(batch_size, self.num_states, config.model_dim, config.carry_dtype)
+    return initial_state(batch_size, self.num_states, config.model_dim, config.memory_dtype)
 
   def read(self, config, attention: Attention, state: dict, extras: dict,
            deterministic: bool) -> Reading:
-    dtype = config.compute_dtype
+    dtype = config.dtype
     learned = LearnedInitialStates(self.num_states, config.model_dim, name='initial_states')()
     states = jnp.where(state['fresh'][:, None, None], learned.astype(dtype)[None],
                        state['states'].astype(dtype))
@@ -89,7 +89,7 @@ class RecurrentStates:
   def write(self, config, attention: Attention, state: dict, extras: dict, reading: Reading,
             tokens: jax.Array, attended: AttentionOutput,
             deterministic: bool) -> tuple[dict, dict]:
-    dtype = config.compute_dtype
+    dtype = config.dtype
     states, state_attention = reading.context
     # States see each other without order (one shared position) and the whole window.
     update = state_attention(states, np.zeros(self.num_states, np.int32),

@@ -104,7 +104,7 @@ class RetrievalIndex:
     return {}
 
   def initial_state(self, config, batch_size: int) -> dict:
-    return initial_index(batch_size, self.chunks, config.model_dim, config.carry_dtype)
+    return initial_index(batch_size, self.chunks, config.model_dim, config.memory_dtype)
 
   def read(self, config, attention: Attention, state: dict, extras: dict,
            deterministic: bool) -> Reading:
@@ -133,8 +133,8 @@ class RetrievalReader:
   def initial_state(self, config, batch_size: int) -> dict:
     """{'keys', 'values': [B, C, W, H, Dh]} (validity lives in the index)."""
     shape = (batch_size, self.chunks, config.window_length, config.num_heads, config.head_dim)
-    return {'keys': jnp.zeros(shape, config.carry_dtype),
-            'values': jnp.zeros(shape, config.carry_dtype)}
+    return {'keys': jnp.zeros(shape, config.memory_dtype),
+            'values': jnp.zeros(shape, config.memory_dtype)}
 
   def read(self, config, attention: Attention, state: dict, extras: dict,
            deterministic: bool) -> Reading:

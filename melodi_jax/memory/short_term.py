@@ -33,7 +33,7 @@ class ShortTermWriter(nn.Module):
   """M-right: (window outputs [B, W, d], summaries [B, S, d]) -> next state's M tokens."""
   slots: int
   dtype: jnp.dtype = jnp.float32
-  carry_dtype: jnp.dtype = jnp.float32
+  memory_dtype: jnp.dtype = jnp.float32
 
   @nn.compact
   def __call__(self, tokens: jax.Array, summaries: jax.Array | None) -> dict:
@@ -41,5 +41,5 @@ class ShortTermWriter(nn.Module):
     # The residual onto the summaries applies when the memory is exactly summary-sized (S = M).
     residual = summaries if summaries is not None and summaries.shape[1] == self.slots else None
     memory = TokenMixer(self.slots, dtype=self.dtype, name='mixer')(inputs, residual)
-    return {'tokens': memory.astype(self.carry_dtype),
+    return {'tokens': memory.astype(self.memory_dtype),
             'filled': jnp.ones((tokens.shape[0],), bool)}

@@ -6,7 +6,8 @@ from typing import Sequence
 
 import gin
 
-from melodi_jax.models.config import ConfigError, ModelConfig
+from melodi_jax.errors import UserError
+from melodi_jax.models.config import ModelConfig
 from melodi_jax.models.decoder import DecoderLM
 from melodi_jax.models import stacks  # noqa: F401  (registers the stack plans with gin)
 from melodi_jax.models import baseline_stacks  # noqa: F401  (the baselines' stack plans)
@@ -29,8 +30,8 @@ def build_from_gin(segment_length: int | None = None) -> DecoderLM:
   config = ModelConfig()
   config.validate()
   if segment_length is not None and segment_length % config.window_length:
-    raise ConfigError(f'segment length {segment_length} is not a multiple of '
-                      f'ModelConfig.window_length = {config.window_length}')
+    raise UserError(f'segment length {segment_length} is not a multiple of '
+                    f'ModelConfig.window_length = {config.window_length}')
   return DecoderLM(config)
 
 
@@ -49,14 +50,14 @@ def parse_gin(gin_files: Sequence[str] = (), bindings: Sequence[str] = (),
     candidates = [name] + [os.path.join(p, name) for p in list(search_paths) + [CONFIG_DIR]]
     found = next((c for c in candidates if os.path.isfile(c)), None)
     if found is None:
-      raise ConfigError(f'gin file {name!r} not found (looked in ., '
-                        f'{", ".join(list(search_paths) + [CONFIG_DIR])}): check --gin_file')
+      raise UserError(f'gin file {name!r} not found (looked in ., '
+                      f'{", ".join(list(search_paths) + [CONFIG_DIR])}): check --gin_file')
     resolved.append(found)
   try:
     gin.parse_config_files_and_bindings(resolved, list(bindings), finalize_config=False)
   except (ValueError, KeyError, SyntaxError, IOError) as e:
     first_line = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-    raise ConfigError(f'gin config error: {first_line} (check the gin files and bindings)') from e
+    raise UserError(f'gin config error: {first_line} (check the gin files and bindings)') from e
 
 
 def build(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *,
@@ -66,4 +67,4 @@ def build(gin_files: Sequence[str] = (), bindings: Sequence[str] = (), *,
   return build_from_gin(segment_length)
 
 
-__all__ = ['ConfigError', 'DecoderLM', 'ModelConfig', 'build', 'build_from_gin', 'parse_gin']
+__all__ = ['DecoderLM', 'ModelConfig', 'build', 'build_from_gin', 'parse_gin']

@@ -4,13 +4,13 @@ Layer indices may be negative (Python style, counted from the top): -3 is third 
 """
 
 import dataclasses
-from typing import ClassVar
 
 import gin
 
+from melodi_jax.errors import UserError
 from melodi_jax.memory import knn, recurrent, retrieval
 from melodi_jax.memory.addon import MemoryAddon
-from melodi_jax.models.config import ConfigError, ModelConfig
+from melodi_jax.models.config import ModelConfig
 from melodi_jax.models.xl_layer import XLLayerOptions
 
 
@@ -18,15 +18,15 @@ def resolve_layer(index: int, config: ModelConfig, setting: str) -> int:
   """A layer index in 0..num_layers-1 from a gin value that may count from the top (< 0)."""
   resolved = index + config.num_layers if index < 0 else index
   if not 0 <= resolved < config.num_layers:
-    raise ConfigError(f'{setting} = {index} is outside the {config.num_layers} layers '
-                      '(ModelConfig.num_layers); negative values count from the top')
+    raise UserError(f'{setting} = {index} is outside the {config.num_layers} layers '
+                    '(ModelConfig.num_layers); negative values count from the top')
   return resolved
 
 
 def _require(*checks: tuple[bool, str]) -> None:
   for ok, message in checks:
     if not ok:
-      raise ConfigError(message)
+      raise UserError(message)
 
 
 def _with_addon(config: ModelConfig, index: int, setting: str,
@@ -40,7 +40,6 @@ def _with_addon(config: ModelConfig, index: int, setting: str,
 @dataclasses.dataclass(frozen=True)
 class TransformerXLStack:
   """Transformer-XL with a sliding window: every token attends to exactly the W tokens before it."""
-  summary_tokens: ClassVar[int] = 0
 
   def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
     return tuple(XLLayerOptions() for _ in range(config.num_layers))
@@ -54,7 +53,6 @@ class MemorizingStack:
   top_k > 0: each query attends to its top_k memory keys; top_k = 0: dense attention over the
   whole memory (the variant the MELODI paper compares against).
   """
-  summary_tokens: ClassVar[int] = 0
   memory_layer: int = -4        # Memorizing paper: layer 9 of 12
   memory_slots: int = 65536     # entries per lane and head
   top_k: int = 32               # 0: dense
@@ -73,7 +71,6 @@ class MemorizingStack:
 @dataclasses.dataclass(frozen=True)
 class BlockRecurrentStack:
   """Block-Recurrent Transformer: XL layers; `recurrent_layer` also carries R recurrent states."""
-  summary_tokens: ClassVar[int] = 0
   recurrent_layer: int = -3     # third from the top, as in the paper
   num_states: int = 512         # R
   gate: str = 'lstm'            # 'fixed' or 'lstm'
@@ -92,7 +89,6 @@ class BlockRecurrentStack:
 class MemLongStack:
   """MemLong-style retrieval: XL layers; `memory_layer` keeps the chunk index (its mean-pooled
   output is the retrieval key), the retrieval layers above it attend to the retrieved chunks."""
-  summary_tokens: ClassVar[int] = 0
   memory_layer: int = 5
   chunks: int = 64                      # C: past windows kept per lane
   top_k: int = 4                        # chunks retrieved per window

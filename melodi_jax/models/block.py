@@ -24,5 +24,5 @@ def attention_and_ffn(config: ModelConfig, attention: Attention, x: jax.Array,
                        cache=cache)
   h = x + attended.output
   h = h + FeedForward(config.mlp_dim, config.activation, config.dropout_rate,
-                      config.compute_dtype, name='mlp')(h, deterministic)
+                      config.dtype, name='mlp')(h, deterministic)
   return h, attended

@@ -5,14 +5,12 @@ Which layers carry which memory is decided by `ModelConfig.stack`, a stack plan 
 """
 
 import dataclasses
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import gin
 import jax.numpy as jnp
 
-
-class ConfigError(ValueError):
-  """A model configuration that cannot work; the message says which setting to change."""
+from melodi_jax.errors import UserError
 
 
 class LayerOptions(Protocol):
@@ -25,8 +23,20 @@ class LayerOptions(Protocol):
     """This layer's part of the memory pytree at a document start; every leaf [B, ...]."""
 
 
+@dataclasses.dataclass(frozen=True)
+class WindowExtra:
+  """A learned table float32[rows, d] every window starts from: the decoder hands it to the first
+  layer in the per-window `extras` dict, [B, rows, d] in the compute dtype (e.g. MELODI's summary
+  tokens)."""
+  key: str        # its key in `extras`
+  param: str      # the parameter's name, under the scanned stack
+  rows: int
+  init: Callable  # flax initializer of the table
+
+
 class StackPlan(Protocol):
-  summary_tokens: int
+  """Which layers carry what. A plan may also define `window_extras(config) ->
+  tuple[WindowExtra, ...]`, the learned inputs every window starts from (most plans have none)."""
 
   def layers(self, config: 'ModelConfig') -> tuple[LayerOptions, ...]:
     """One options object per layer, bottom to top."""
@@ -56,23 +66,21 @@ class ModelConfig:
   remat: bool = False               # recompute windows in the backward pass (models/recompute.py)
   stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin
 
-  @property
-  def compute_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.dtype)
-
-  @property
-  def carry_dtype(self) -> jnp.dtype:
-    return jnp.dtype(self.memory_dtype)
-
   def layer_options(self) -> tuple[LayerOptions, ...]:
     if self.stack is None:
-      raise ConfigError('ModelConfig.stack is not set: bind it in gin, e.g. '
-                        'ModelConfig.stack = @MelodiStack() (see configs/models/).')
+      raise UserError('ModelConfig.stack is not set: bind it in gin, e.g. '
+                      'ModelConfig.stack = @MelodiStack() (see configs/models/).')
     options = tuple(self.stack.layers(self))
     if len(options) != self.num_layers:
-      raise ConfigError(f'the stack plan made {len(options)} layers for '
-                        f'ModelConfig.num_layers = {self.num_layers}')
+      raise UserError(f'the stack plan made {len(options)} layers for '
+                      f'ModelConfig.num_layers = {self.num_layers}')
     return options
+
+  def window_extras(self) -> tuple[WindowExtra, ...]:
+    """The stack plan's learned per-window inputs (`window_extras`; none when it has no such
+    method)."""
+    window_extras = getattr(self.stack, 'window_extras', None)
+    return tuple(window_extras(self)) if window_extras else ()
 
   def attention_kwargs(self) -> dict:
     """Keyword arguments of layers.attention.Attention for this model."""
@@ -80,16 +88,16 @@ class ModelConfig:
                 dropout_rate=self.dropout_rate, normalize_qk=self.normalize_qk,
                 position_buckets=self.position_buckets,
                 position_max_distance=self.position_max_distance,
-                position_bias_scale=self.position_bias_scale, dtype=self.compute_dtype)
+                position_bias_scale=self.position_bias_scale, dtype=self.dtype)
 
   def validate(self) -> None:
-    """Raises ConfigError naming the gin parameter that cannot work."""
+    """Raises UserError naming the gin parameter that cannot work."""
     for field in dataclasses.fields(self):
       value = getattr(self, field.name)
       expected = {int: (int,), float: (int, float), bool: (bool,), str: (str,)}.get(field.type)
       if expected and (not isinstance(value, expected) or
                        (field.type is not bool and isinstance(value, bool))):
-        raise ConfigError(f'ModelConfig.{field.name} = {value!r} must be a {field.type.__name__}')
+        raise UserError(f'ModelConfig.{field.name} = {value!r} must be a {field.type.__name__}')
     checks = [
         (self.vocab_size > 0, 'ModelConfig.vocab_size must be positive'),
         (self.num_layers > 0, 'ModelConfig.num_layers must be positive'),
@@ -103,10 +111,10 @@ class ModelConfig:
     ]
     for ok, message in checks:
       if not ok:
-        raise ConfigError(message)
+        raise UserError(message)
     for name in ('dtype', 'memory_dtype'):
       try:
         jnp.dtype(getattr(self, name))
       except TypeError as e:
-        raise ConfigError(f'ModelConfig.{name} = {getattr(self, name)!r} is not a dtype') from e
+        raise UserError(f'ModelConfig.{name} = {getattr(self, name)!r} is not a dtype') from e
     self.layer_options()

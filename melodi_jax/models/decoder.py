@@ -20,11 +20,11 @@ from melodi_jax.layers.attention import INTERMEDIATES, WindowCache
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models import recompute, state
 from melodi_jax.models.config import ModelConfig
-from melodi_jax.models.melodi_layer import SUMMARIES
 
 
 class WindowStack(nn.Module):
-  """The scan body: resets finished lanes' memory, then runs every layer on one window.
+  """The scan body: resets finished lanes' memory, then runs every layer on one window, the first
+  one with the stack plan's window extras (`ModelConfig.window_extras`).
 
   Called with a `cache` (state.initial_cache) it decodes one token of the current window instead.
   """
@@ -45,10 +45,10 @@ class WindowStack(nn.Module):
     batch = x.shape[0]
     memory = state.reset(memory, state.initial_memory(config, batch), doc_start)
     extras = {}
-    if config.stack.summary_tokens and cache is None:
-      table = self.param('summary_tokens', nn.initializers.normal(1.0),
-                         (config.stack.summary_tokens, config.model_dim), jnp.float32)
-      extras[SUMMARIES] = jnp.broadcast_to(table.astype(x.dtype), (batch,) + table.shape)
+    if cache is None:  # (decoding reads no extras)
+      for extra in config.window_extras():
+        table = self.param(extra.param, extra.init, (extra.rows, config.model_dim), jnp.float32)
+        extras[extra.key] = jnp.broadcast_to(table.astype(x.dtype), (batch,) + table.shape)
     new_memory = {}
     for index, options in enumerate(config.layer_options()):
       name = state.layer_name(index)
@@ -113,7 +113,7 @@ class DecoderLM(nn.Module):
     embed = nn.Embed(config.vocab_size, config.model_dim, name='embed',
                      embedding_init=nn.with_logical_partitioning(
                          nn.initializers.normal(1.0), (axes.VOCAB, axes.EMBED)))
-    x = embed(tokens).astype(config.compute_dtype)
+    x = embed(tokens).astype(config.dtype)
 
     if cache is not None:  # the same parameters as the scan's (variable_broadcast='params')
       cache, y = WindowStack(config, name='stack')(memory, (x, jnp.asarray(doc_start, bool)[:, 0]),
@@ -131,11 +131,11 @@ class DecoderLM(nn.Module):
                        in_axes=0, out_axes=0, length=num_windows)
         memory, y = scan(config, deterministic=not train, name='stack')(memory, windows)
       y = y.swapaxes(0, 1).reshape(batch, length, config.model_dim)
-    y = RMSNorm(dtype=config.compute_dtype, name='final_norm')(y)
+    y = RMSNorm(dtype=config.dtype, name='final_norm')(y)
     if config.tie_embeddings:
       logits = embed.attend(y) * config.model_dim ** -0.5
     else:
-      logits = nn.Dense(config.vocab_size, use_bias=False, dtype=config.compute_dtype,
+      logits = nn.Dense(config.vocab_size, use_bias=False, dtype=config.dtype,
                         name='logits', kernel_init=nn.with_logical_partitioning(
                             nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal'),
                             (axes.EMBED, axes.VOCAB)))(y)

@@ -15,9 +15,16 @@ from melodi_jax.layers.attention import Attention, WindowCache
 from melodi_jax.layers.mixing import TokenMixer
 from melodi_jax.memory import long_term, short_term
 from melodi_jax.models.block import attention_and_ffn
-from melodi_jax.models.config import ModelConfig
+from melodi_jax.models.config import ModelConfig, WindowExtra
 
 SUMMARIES = 'summaries'  # key of the summary tokens [B, S, d] in the per-window `extras` dict
+
+
+def summary_table(summary_tokens: int) -> tuple[WindowExtra, ...]:
+  """The learned [S, d] summary tokens every window starts from at layer 0 (none when S = 0)."""
+  if not summary_tokens:
+    return ()
+  return (WindowExtra(SUMMARIES, 'summary_tokens', summary_tokens, nn.initializers.normal(1.0)),)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -42,11 +49,11 @@ class MelodiLayerOptions:
     memory = {}
     if self.short_term_slots:
       memory['short_term'] = short_term.initial_state(
-          batch_size, self.short_term_slots, config.model_dim, config.carry_dtype)
+          batch_size, self.short_term_slots, config.model_dim, config.memory_dtype)
     if self.long_term_slots:
       memory['long_term'] = long_term.initial_state(
           batch_size, self.long_term_slots, config.num_heads, config.head_dim,
-          config.carry_dtype)
+          config.memory_dtype)
     return memory
 
 
@@ -66,7 +73,7 @@ class MelodiLayer(nn.Module):
     no memory writes; returns (token [B, 1, d], extras, the updated cache).
     """
     config, options = self.config, self.options
-    dtype = config.compute_dtype
+    dtype = config.dtype
     window = x.shape[1]
     summaries = extras[SUMMARIES] if options.summary_tokens and cache is None else None
     h = x if summaries is None else jnp.concatenate([x, summaries.astype(x.dtype)], axis=1)
@@ -85,7 +92,7 @@ class MelodiLayer(nn.Module):
     new_memory = {}
     if options.short_term_slots:
       new_memory['short_term'] = short_term.ShortTermWriter(
-          options.short_term_slots, dtype, config.carry_dtype, name='short_term_mixer')(
+          options.short_term_slots, dtype, config.memory_dtype, name='short_term_mixer')(
               tokens, summaries)
     if options.long_term_slots:
       increment = TokenMixer(options.long_term_increment, normalize=False, dtype=dtype,

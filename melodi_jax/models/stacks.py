@@ -8,8 +8,9 @@ import dataclasses
 
 import gin
 
-from melodi_jax.models.config import ConfigError, ModelConfig
-from melodi_jax.models.melodi_layer import MelodiLayerOptions
+from melodi_jax.errors import UserError
+from melodi_jax.models.config import ModelConfig, WindowExtra
+from melodi_jax.models.melodi_layer import MelodiLayerOptions, summary_table
 
 
 @gin.configurable
@@ -22,6 +23,10 @@ class MelodiStack:
   long_term_increment: int = 32        # I
   long_term_layers: tuple = (6,)       # empty: the short-term-only ablation
   mix_summaries: bool = True           # False: summaries pass up unmixed (ablation of M-up)
+
+  def window_extras(self, config: ModelConfig) -> tuple[WindowExtra, ...]:
+    del config
+    return summary_table(self.summary_tokens)
 
   def layers(self, config: ModelConfig) -> tuple[MelodiLayerOptions, ...]:
     self._validate(config)
@@ -47,32 +52,36 @@ class MelodiStack:
 
   def _validate(self, config: ModelConfig) -> None:
     if min(self.summary_tokens, self.short_term_slots) < 0:
-      raise ConfigError('MelodiStack.summary_tokens and short_term_slots must be >= 0')
+      raise UserError('MelodiStack.summary_tokens and short_term_slots must be >= 0')
     if self.summary_tokens and not self.short_term_slots and not self.long_term_layers:
-      raise ConfigError('MelodiStack.summary_tokens > 0 with short_term_slots = 0 and no '
-                        'long_term_layers: no memory is written from the summaries; set '
-                        'summary_tokens = 0 (or use a memory)')
+      raise UserError('MelodiStack.summary_tokens > 0 with short_term_slots = 0 and no '
+                      'long_term_layers: no memory is written from the summaries; set '
+                      'summary_tokens = 0 (or use a memory)')
     for index in self.long_term_layers:
       if not 0 <= index < config.num_layers:
-        raise ConfigError(f'MelodiStack.long_term_layers has {index}, outside 0..'
-                          f'{config.num_layers - 1} (ModelConfig.num_layers)')
+        raise UserError(f'MelodiStack.long_term_layers has {index}, outside 0..'
+                        f'{config.num_layers - 1} (ModelConfig.num_layers)')
     if self.long_term_layers:
       if self.long_term_increment <= 0:
-        raise ConfigError('MelodiStack.long_term_increment (I) must be > 0 with a long-term layer')
+        raise UserError('MelodiStack.long_term_increment (I) must be > 0 with a long-term layer')
       if self.long_term_slots < self.long_term_increment:
-        raise ConfigError(f'MelodiStack.long_term_slots (L = {self.long_term_slots}) must be at '
-                          f'least long_term_increment (I = {self.long_term_increment})')
+        raise UserError(f'MelodiStack.long_term_slots (L = {self.long_term_slots}) must be at '
+                        f'least long_term_increment (I = {self.long_term_increment})')
       if self.long_term_slots % self.long_term_increment:
-        raise ConfigError(f'MelodiStack.long_term_slots (L = {self.long_term_slots}) must be a '
-                          f'multiple of long_term_increment (I = {self.long_term_increment}) so '
-                          'the FIFO drops whole windows')
+        raise UserError(f'MelodiStack.long_term_slots (L = {self.long_term_slots}) must be a '
+                        f'multiple of long_term_increment (I = {self.long_term_increment}) so '
+                        'the FIFO drops whole windows')
 
 
 @gin.configurable
 @dataclasses.dataclass(frozen=True)
 class VanillaStack:
   """No memory: attention stays inside each window (the floor every memory must beat)."""
-  summary_tokens: int = 0
+  summary_tokens: int = 0  # S of a summary table no vanilla layer reads (run configs bind 0)
+
+  def window_extras(self, config: ModelConfig) -> tuple[WindowExtra, ...]:
+    del config
+    return summary_table(self.summary_tokens)
 
   def layers(self, config: ModelConfig) -> tuple[MelodiLayerOptions, ...]:
     return tuple(MelodiLayerOptions() for _ in range(config.num_layers))

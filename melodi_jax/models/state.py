@@ -22,8 +22,8 @@ def initial_cache(config: ModelConfig, batch_size: int) -> dict:
   """The decoding cache of an empty window: {'index': int32[] 0 (the next token's slot),
   layer_name: {'keys', 'values': [B, W, H, Dh] zeros in the compute dtype}}."""
   shape = (batch_size, config.window_length, config.num_heads, config.head_dim)
-  cache = {layer_name(i): {'keys': jnp.zeros(shape, config.compute_dtype),
-                           'values': jnp.zeros(shape, config.compute_dtype)}
+  cache = {layer_name(i): {'keys': jnp.zeros(shape, config.dtype),
+                           'values': jnp.zeros(shape, config.dtype)}
            for i in range(config.num_layers)}
   cache['index'] = jnp.zeros((), jnp.int32)
   return cache

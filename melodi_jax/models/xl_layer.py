@@ -32,7 +32,7 @@ class XLLayerOptions:
   def initial_memory(self, config: ModelConfig, batch_size: int) -> dict:
     memory = {XL_CACHE: xl_cache.initial_state(batch_size, config.window_length,
                                                config.num_heads, config.head_dim,
-                                               config.carry_dtype)}
+                                               config.memory_dtype)}
     if self.addon is not None:
       memory[self.addon.key] = self.addon.initial_state(config, batch_size)
     return memory

@@ -15,7 +15,7 @@ from absl import logging
 import jax
 import orbax.checkpoint as ocp
 
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 
 ARRAY_ITEMS = ('params', 'opt_state', 'memory')
 ITEMS = ARRAY_ITEMS + ('progress',)

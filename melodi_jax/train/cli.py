@@ -15,8 +15,8 @@ from absl import app, flags
 from absl import logging as absl_logging
 import gin
 
+from melodi_jax.errors import UserError  # re-exported for the entry points
 from melodi_jax.train import quiet
-from melodi_jax.train.errors import UserError  # re-exported for the entry points
 
 _PACKAGE_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
 
@@ -145,6 +145,8 @@ def call_gin(fn: Callable, what: str):
   """Calls a gin-configured constructor, turning gin binding mistakes into UserErrors."""
   try:
     return fn()
+  except UserError:
+    raise
   except (TypeError, ValueError, RuntimeError) as e:
     message = str(e)
     if 'In call to configurable' in message or 'Required bindings' in message:
@@ -182,27 +184,14 @@ def _parse_flags(argv: list[str]) -> list[str]:
     sys.exit(2)
 
 
-def _user_error_types() -> tuple[type[BaseException], ...]:
-  """UserError plus the data layer's DataError and the model's ConfigError, when importable."""
-  types = [UserError]
-  for module, name in (('melodi_jax.data', 'DataError'), ('melodi_jax.data.errors', 'DataError'),
-                       ('melodi_jax.models', 'ConfigError')):
-    try:
-      types.append(getattr(__import__(module, fromlist=[name]), name))
-    except (ImportError, AttributeError):
-      pass
-  return tuple(types)
-
-
 def run(main: Callable[[list[str]], None]):
   """`app.run(main)`, quiet by default (train/quiet.py), where a user's mistake is one line on
   stderr and exit status 2."""
   def wrapped(argv):
     quiet.setup()  # before anything imports TensorFlow
-    user_errors = _user_error_types()
     try:
       main(argv)
-    except user_errors as e:
+    except UserError as e:
       sys.stderr.flush()
       print(f'error: {e}', file=sys.stderr)
       _exit(2)

@@ -7,8 +7,8 @@ import dataclasses
 
 import gin
 
+from melodi_jax.errors import UserError
 from melodi_jax.train import positions
-from melodi_jax.train.errors import UserError
 
 
 @gin.configurable

@@ -21,7 +21,7 @@ from jax.experimental import multihost_utils
 import numpy as np
 
 from melodi_jax import data
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 
 # A batch: inputs int32[B, T], targets int32[B, T], loss_weights float32[B, T],
 # doc_start bool[B, N], bytes float32[B] (B lanes, N = T / W windows): all lanes, or this

@@ -7,7 +7,7 @@ import dataclasses
 import gin
 import optax
 
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 
 
 @gin.configurable

@@ -14,7 +14,7 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 
 DATA = 'data'
 MODEL = 'model'

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from melodi_jax.train.errors import UserError
+from melodi_jax.errors import UserError
 
 # Lower edges of the buckets after [0, 256): [0, 256), [256, 1k), [1k, 4k), [4k, 16k),
 # [16k, 64k), >= 64k. Log-spaced (x4): loss changes fastest near a document's start, and a

@@ -13,11 +13,11 @@ from jax.experimental import multihost_utils
 import jax.numpy as jnp
 import numpy as np
 
+from melodi_jax.errors import UserError
 from melodi_jax.models import freezing
 from melodi_jax.train import checkpoints, cli, evaluator, inputs, metrics, optim, partitioning
 from melodi_jax.train import collapse, warm_start
 from melodi_jax.train.config import TrainConfig
-from melodi_jax.train.errors import UserError
 from melodi_jax.train.step import TrainState, init_state, make_train_step
 
 

@@ -19,8 +19,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from melodi_jax.errors import UserError
 from melodi_jax.train import checkpoints
-from melodi_jax.train.errors import UserError
 
 
 @dataclasses.dataclass(frozen=True)
