@@ -32,10 +32,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from melodi_jax import models
-from melodi_jax.bench_lib import cli
+from melodi_jax import gin_config, models
+from melodi_jax.train import cli
 
-PAPER_DIR = os.path.join(models.CONFIG_DIR, 'paper')
+PAPER_DIR = os.path.join(gin_config.CONFIG_DIR, 'paper')
 # Rows of the paper's main table in its order; other configs follow alphabetically.
 PAPER_ORDER = ('transformer_xl', 'block_recurrent', 'memorizing_dense_64k', 'melodi_s128_l64',
                'melodi_s192_l96')
@@ -133,17 +133,18 @@ def measure_model(model: models.DecoderLM, name: str) -> Footprint:
   return Footprint(name, tuple(leaves))
 
 
-def measure(gin_files: Sequence[str], bindings: Sequence[str] = (),
-            name: str | None = None) -> Footprint:
+def measure(gin_files: Sequence[str], bindings: Sequence[str] = (), name: str | None = None,
+            search_paths: Sequence[str] = ()) -> Footprint:
   """Parses the gin files (clearing gin first) and measures the model they configure."""
-  cli.parse_gin(gin_files, bindings)
+  cli.parse_gin(gin_files, bindings, search_paths)
   model = cli.build_model()
   if name is None:
     name = os.path.splitext(os.path.basename(gin_files[-1]))[0] if gin_files else 'model'
   return measure_model(model, name)
 
 
-def measure_folder(folder: str, bindings: Sequence[str] = ()) -> list[Footprint]:
+def measure_folder(folder: str, bindings: Sequence[str] = (),
+                   search_paths: Sequence[str] = ()) -> list[Footprint]:
   """One footprint per *.gin file in `folder`: the paper's rows in its order, then the rest."""
   def order(path):
     name = os.path.splitext(os.path.basename(path))[0]
@@ -152,7 +153,7 @@ def measure_folder(folder: str, bindings: Sequence[str] = ()) -> list[Footprint]
   if not paths:
     raise cli.UserError(f'--config_dir: no *.gin files in {folder!r}; point it at a folder of '
                         'model configs such as configs/paper')
-  return [measure([path], bindings) for path in paths]
+  return [measure([path], bindings, search_paths=search_paths) for path in paths]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -220,7 +221,8 @@ def plot(rows: Sequence[Footprint], path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
-cli.define_common_flags()
+cli.define_gin_flags()
+cli.define_json_flag()
 flags.DEFINE_bool('all', False, 'a table of every *.gin in --config_dir')
 flags.DEFINE_string('config_dir', PAPER_DIR, 'folder of model configs for --all')
 flags.DEFINE_string('reference', REFERENCE, 'row the --all table divides by')
@@ -232,9 +234,9 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError(f'unexpected arguments {argv[1:]}: pass configs with --gin_file')
   FLAGS = flags.FLAGS
   if FLAGS.all:
-    rows = measure_folder(FLAGS.config_dir, cli.gin_bindings())
+    rows = measure_folder(FLAGS.config_dir, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   elif FLAGS.gin_file:
-    rows = [measure(FLAGS.gin_file, cli.gin_bindings())]
+    rows = [measure(FLAGS.gin_file, FLAGS.gin_bindings, search_paths=FLAGS.gin_search_paths)]
   else:
     raise cli.UserError('--gin_file: give a model config (e.g. --gin_file=paper/melodi_s128_l64'
                         '.gin) or --all for every config in --config_dir')

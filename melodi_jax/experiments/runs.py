@@ -27,18 +27,10 @@ class Run:
 
 def build_run_model(workdir: str, bindings: tuple[str, ...] = ()):
   """(model, TrainConfig) of a run from DIR/config.gin (gin is cleared first)."""
-  operative = os.path.join(workdir, 'config.gin')
-  if not os.path.isfile(operative):
-    raise UserError(f'{operative} not found: --workdir must be a training run that took at least '
-                    'one step')
-  import gin  # pylint: disable=g-import-not-at-top
-  gin.clear_config()  # drops the bindings of a run parsed before in this process
-  from melodi_jax import models  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import cli, config  # pylint: disable=g-import-not-at-top
-  cli.parse_gin([operative], list(bindings), ['configs'])
+  cli.parse_gin([cli.operative_config(workdir)], list(bindings), ['configs'])
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
-  model = cli.call_gin(
-      lambda: models.build_from_gin(segment_length=train_config.segment_length), 'the model')
+  model = cli.build_model(train_config.segment_length)
   return model, train_config
 
 
