@@ -3,7 +3,6 @@ config.gin), parameters, TrainConfig and step; plus the model's size and memory 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any
 
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax.errors import UserError
+from melodi_jax.models import footprint
 
 
 @dataclasses.dataclass
@@ -68,23 +68,7 @@ def count_params(params: Any) -> int:
 
 def memory_floats_per_lane(model) -> dict[str, Any]:
   """Float elements per lane of the carried memory, as the paper counts (bool/int bookkeeping
-  such as validity masks left out): `jax.eval_shape(model.init_memory)`, no allocation. Uses
-  melodi_jax.footprint when it is on the branch, else the same rule here."""
-  try:
-    from melodi_jax import footprint  # pylint: disable=g-import-not-at-top
-    measured = footprint.measure_model(model, 'run')
-    return {'floats': measured.paper_floats, 'parts': measured.paper_parts,
-            'source': 'melodi_jax.footprint'}
-  except Exception:  # pylint: disable=broad-exception-caught  (not on this branch, or its flags)
-    pass
-  probe = 2
-  abstract = jax.eval_shape(functools.partial(model.init_memory, probe))
-  parts: dict[str, int] = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    if not jnp.issubdtype(leaf.dtype, jnp.floating):
-      continue
-    keys = [str(getattr(k, 'key', k)) for k in path]
-    part = keys[-2] if len(keys) >= 2 else keys[-1]
-    parts[part] = parts.get(part, 0) + int(np.prod(leaf.shape[1:]))
-  return {'floats': sum(parts.values()), 'parts': parts,
-          'source': 'float leaves of jax.eval_shape(model.init_memory) per lane'}
+  such as validity masks left out): `jax.eval_shape(model.init_memory)`, no allocation."""
+  measured = footprint.measure_model(model, 'run')
+  return {'floats': measured.paper_floats, 'parts': measured.paper_parts,
+          'source': 'melodi_jax.footprint'}
