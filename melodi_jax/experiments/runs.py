@@ -25,22 +25,13 @@ class Run:
   params_sharding: Any
 
 
-def build_run_model(workdir: str, bindings: tuple[str, ...] = ()):
-  """(model, TrainConfig) of a run from DIR/config.gin (gin is cleared first)."""
-  from melodi_jax.train import cli, config  # pylint: disable=g-import-not-at-top
-  cli.parse_gin([cli.operative_config(workdir)], list(bindings), ['configs'])
-  train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
-  model = cli.build_model(train_config.segment_length)
-  return model, train_config
-
-
 def restore(workdir: str, step: int | None = None, batch_size: int | None = None) -> Run:
   """Restores the params of DIR's checkpoint `step` (default: the latest) onto this host."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import checkpoints, partitioning  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import checkpoints, cli, partitioning  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
-  model, train_config = build_run_model(workdir)
+  model, train_config = cli.build_run_model(workdir)
   mesh = partitioning.make_mesh((-1, 1))
   rules = (tuple(train_config.axis_rules) if train_config.axis_rules
            else partitioning.default_rules())

@@ -142,6 +142,15 @@ def build_model(segment_length: int | None = None):
   return call_gin(lambda: models.build_from_gin(segment_length), 'the model')
 
 
+def build_run_model(workdir: str, bindings: Sequence[str] = ()):
+  """(model, TrainConfig) of the run in `workdir`, from its operative config.gin and `bindings`
+  (gin is cleared first)."""
+  from melodi_jax.train import config  # pylint: disable=g-import-not-at-top
+  parse_gin([operative_config(workdir)], list(bindings), ['configs'])
+  train_config = call_gin(config.TrainConfig, 'TrainConfig')
+  return build_model(train_config.segment_length), train_config
+
+
 def check_workdir(workdir: str | None) -> str:
   """Returns the absolute workdir after checking that a file can be created in it (or in its
   nearest existing parent); leaves nothing behind."""
