@@ -30,11 +30,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax import models
-from melodi_jax.bench_lib import cli, flops, profile
+from melodi_jax.bench_lib import flops, profile
+from melodi_jax.train import cli
 from melodi_jax.bench_lib.steps import BenchConfig, make_optimizer, make_steps, synthetic_batch
 from melodi_jax.train.step import init_state
 
-cli.define_common_flags()
+cli.define_gin_flags()
+cli.define_json_flag()
 flags.DEFINE_integer('steps', 20, 'timed steps after warm-up (the median is reported); 0 with '
                      '--sweep_windows: compile only')
 flags.DEFINE_integer('warmup', 2, 'untimed steps after compilation')
@@ -325,7 +327,7 @@ def main(argv: Sequence[str]) -> None:
   except ValueError as e:
     raise cli.UserError(f'--sweep_windows: {FLAGS.sweep_windows} must be integers, e.g. '
                         '--sweep_windows=4,8,16') from e
-  cli.parse_gin(FLAGS.gin_file, cli.gin_bindings())
+  cli.parse_gin(FLAGS.gin_file, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   config = BenchConfig()
   model = cli.build_model()
   batch_size = FLAGS.batch_size or config.batch_size
@@ -342,7 +344,7 @@ def main(argv: Sequence[str]) -> None:
     return
   result = run_benchmark(model, batch_size, segment_length, with_eval=FLAGS.eval, **common)
   result['model'] = name
-  result['gin_bindings'] = cli.gin_bindings()
+  result['gin_bindings'] = list(FLAGS.gin_bindings)
   print(json.dumps(result, indent=1) if FLAGS.json else _format(result, name))
 
 

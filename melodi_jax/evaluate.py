@@ -32,14 +32,10 @@ def main(argv):
   if not FLAGS.workdir:
     raise cli.UserError('--workdir is required: pass the folder of a training run')
   workdir = os.path.abspath(FLAGS.workdir)
-  operative = os.path.join(workdir, 'config.gin')
-  if not os.path.isfile(operative):
-    raise cli.UserError(f'{operative} not found: --workdir must be a training run that took at '
-                        'least one step')
+  operative = cli.operative_config(workdir)
   if FLAGS.text_dir and not os.path.isdir(FLAGS.text_dir):
     raise cli.UserError(f'--text_dir={FLAGS.text_dir} is not a folder; pass a folder of text '
                         'files')
-  from melodi_jax import models  # pylint: disable=g-import-not-at-top
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
@@ -47,8 +43,7 @@ def main(argv):
 
   cli.parse_gin([operative] + list(FLAGS.gin_file), FLAGS.gin_bindings, FLAGS.gin_search_paths)
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
-  model = cli.call_gin(
-      lambda: models.build_from_gin(segment_length=train_config.segment_length), 'the model')
+  model = cli.build_model(train_config.segment_length)
 
   data_axis, model_axis = train_config.mesh_shape
   if model_axis == -1 or jax.device_count() % max(model_axis, 1):

@@ -20,130 +20,36 @@ the exact total, and "parts summed" = every part rounded to 0.1M, then added, th
 reproduces all five of the paper's figures (13.6M, 13.1M, 147.8M, 18.5M, 27.8M).
 """
 
-import dataclasses
-import functools
 import glob
 import json
 import os
 from typing import Sequence
 
 from absl import flags
-import jax
-import jax.numpy as jnp
-import numpy as np
 
-from melodi_jax import models
-from melodi_jax.bench_lib import cli
+from melodi_jax import gin_config
+from melodi_jax.models.footprint import Footprint, measure_model, millions
+from melodi_jax.train import cli
 
-PAPER_DIR = os.path.join(models.CONFIG_DIR, 'paper')
+PAPER_DIR = os.path.join(gin_config.CONFIG_DIR, 'paper')
 # Rows of the paper's main table in its order; other configs follow alphabetically.
 PAPER_ORDER = ('transformer_xl', 'block_recurrent', 'memorizing_dense_64k', 'melodi_s128_l64',
                'melodi_s192_l96')
 REFERENCE = 'melodi_s128_l64'   # the row the paper's "8x smaller" is measured against
-PROBE_BATCH = 2                 # lanes in the abstract memory; every leaf must lead with it
 
 
-@dataclasses.dataclass(frozen=True)
-class Leaf:
-  """One leaf of the memory pytree, per lane."""
-  path: str
-  shape: tuple[int, ...]   # without the leading B
-  dtype: str
-  bookkeeping: bool        # bool/int: masks and counters, not counted as the paper counts
-
-  @property
-  def elements(self) -> int:
-    return int(np.prod(self.shape, dtype=np.int64))
-
-  @property
-  def bytes(self) -> int:
-    return self.elements * np.dtype(self.dtype).itemsize
-
-
-@dataclasses.dataclass(frozen=True)
-class Footprint:
-  """What one model keeps per sequence (lane) between windows."""
-  name: str
-  leaves: tuple[Leaf, ...]
-
-  @property
-  def paper_floats(self) -> int:
-    return sum(leaf.elements for leaf in self.leaves if not leaf.bookkeeping)
-
-  @property
-  def paper_parts(self) -> dict[str, int]:
-    """Float elements per memory kind (the pytree key above the leaf, e.g. 'short_term')."""
-    parts: dict[str, int] = {}
-    for leaf in self.leaves:
-      if not leaf.bookkeeping:
-        part = _part_name(leaf.path)
-        parts[part] = parts.get(part, 0) + leaf.elements
-    return parts
-
-  @property
-  def parts_summed(self) -> float:
-    """Every part rounded to 0.1M floats, then added (how the paper's table adds up), in M."""
-    return sum(round(n / 1e5) for n in self.paper_parts.values()) / 10
-
-  @property
-  def stored_bytes(self) -> dict[str, int]:
-    """Bytes per lane by dtype, bookkeeping included."""
-    by_dtype: dict[str, int] = {}
-    for leaf in self.leaves:
-      by_dtype[leaf.dtype] = by_dtype.get(leaf.dtype, 0) + leaf.bytes
-    return dict(sorted(by_dtype.items()))
-
-  @property
-  def stored_total(self) -> int:
-    return sum(self.stored_bytes.values())
-
-  def to_json(self) -> dict:
-    return {'name': self.name, 'paper_floats': self.paper_floats,
-            'paper_floats_printed': millions(self.paper_floats),
-            'parts_summed_printed': f'{self.parts_summed:.1f}M',
-            'paper_parts': self.paper_parts, 'stored_bytes_by_dtype': self.stored_bytes,
-            'stored_bytes': self.stored_total,
-            'leaves': [dataclasses.asdict(leaf) for leaf in self.leaves]}
-
-
-def _part_name(path: str) -> str:
-  keys = path.split('/')
-  return keys[-2] if len(keys) >= 2 else keys[-1]
-
-
-def _key_name(key) -> str:
-  for attribute in ('key', 'name', 'idx'):
-    if hasattr(key, attribute):
-      return str(getattr(key, attribute))
-  return str(key)
-
-
-def measure_model(model: models.DecoderLM, name: str) -> Footprint:
-  """The footprint of `model` from the shapes of `init_memory` (jax.eval_shape: no allocation)."""
-  abstract = jax.eval_shape(functools.partial(model.init_memory, PROBE_BATCH))
-  leaves = []
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    path_name = '/'.join(_key_name(k) for k in path)
-    assert leaf.shape[:1] == (PROBE_BATCH,), (
-        f'memory leaf {path_name} has shape {leaf.shape}; every leaf must be [B, ...] with '
-        f'B = {PROBE_BATCH}')
-    dtype = jnp.dtype(leaf.dtype)
-    leaves.append(Leaf(path_name, tuple(int(s) for s in leaf.shape[1:]), dtype.name,
-                       bookkeeping=not jnp.issubdtype(dtype, jnp.floating)))
-  return Footprint(name, tuple(leaves))
-
-
-def measure(gin_files: Sequence[str], bindings: Sequence[str] = (),
-            name: str | None = None) -> Footprint:
+def measure(gin_files: Sequence[str], bindings: Sequence[str] = (), name: str | None = None,
+            search_paths: Sequence[str] = ()) -> Footprint:
   """Parses the gin files (clearing gin first) and measures the model they configure."""
-  cli.parse_gin(gin_files, bindings)
+  cli.parse_gin(gin_files, bindings, search_paths)
   model = cli.build_model()
   if name is None:
     name = os.path.splitext(os.path.basename(gin_files[-1]))[0] if gin_files else 'model'
   return measure_model(model, name)
 
 
-def measure_folder(folder: str, bindings: Sequence[str] = ()) -> list[Footprint]:
+def measure_folder(folder: str, bindings: Sequence[str] = (),
+                   search_paths: Sequence[str] = ()) -> list[Footprint]:
   """One footprint per *.gin file in `folder`: the paper's rows in its order, then the rest."""
   def order(path):
     name = os.path.splitext(os.path.basename(path))[0]
@@ -152,16 +58,11 @@ def measure_folder(folder: str, bindings: Sequence[str] = ()) -> list[Footprint]
   if not paths:
     raise cli.UserError(f'--config_dir: no *.gin files in {folder!r}; point it at a folder of '
                         'model configs such as configs/paper')
-  return [measure([path], bindings) for path in paths]
+  return [measure([path], bindings, search_paths=search_paths) for path in paths]
 
 
 # ---------------------------------------------------------------------------------------------
 # Printing
-
-
-def millions(count: int) -> str:
-  """Float count as the paper prints it: millions with one decimal (18481152 -> '18.5M')."""
-  return f'{count / 1e6:.1f}M'
 
 
 def mebibytes(count: int) -> str:
@@ -220,7 +121,8 @@ def plot(rows: Sequence[Footprint], path: str) -> None:
 # ---------------------------------------------------------------------------------------------
 # Entry point
 
-cli.define_common_flags()
+cli.define_gin_flags()
+cli.define_json_flag()
 flags.DEFINE_bool('all', False, 'a table of every *.gin in --config_dir')
 flags.DEFINE_string('config_dir', PAPER_DIR, 'folder of model configs for --all')
 flags.DEFINE_string('reference', REFERENCE, 'row the --all table divides by')
@@ -232,9 +134,9 @@ def main(argv: Sequence[str]) -> None:
     raise cli.UserError(f'unexpected arguments {argv[1:]}: pass configs with --gin_file')
   FLAGS = flags.FLAGS
   if FLAGS.all:
-    rows = measure_folder(FLAGS.config_dir, cli.gin_bindings())
+    rows = measure_folder(FLAGS.config_dir, FLAGS.gin_bindings, FLAGS.gin_search_paths)
   elif FLAGS.gin_file:
-    rows = [measure(FLAGS.gin_file, cli.gin_bindings())]
+    rows = [measure(FLAGS.gin_file, FLAGS.gin_bindings, search_paths=FLAGS.gin_search_paths)]
   else:
     raise cli.UserError('--gin_file: give a model config (e.g. --gin_file=paper/melodi_s128_l64'
                         '.gin) or --all for every config in --config_dir')

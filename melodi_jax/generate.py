@@ -45,11 +45,7 @@ def _check_flags():
   if FLAGS.prefill_windows <= 0:
     raise cli.UserError(f'--prefill_windows={FLAGS.prefill_windows} must be positive')
   if FLAGS.workdir:
-    operative = os.path.join(os.path.abspath(FLAGS.workdir), 'config.gin')
-    if not os.path.isfile(operative):
-      raise cli.UserError(f'{operative} not found: --workdir must be a training run that took at '
-                          'least one step')
-    return [operative]
+    return [cli.operative_config(FLAGS.workdir)]
   if not FLAGS.gin_file:
     raise cli.UserError('--workdir is required: pass the folder of a training run (or --gin_file '
                         'for a randomly initialised model)')
@@ -89,7 +85,7 @@ def main(argv):
   operative = _check_flags()
   with open(FLAGS.prompt_file, 'rb') as f:
     prompt = f.read()
-  from melodi_jax import data, models  # pylint: disable=g-import-not-at-top
+  from melodi_jax import data  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
   import numpy as np  # pylint: disable=g-import-not-at-top
   from melodi_jax.models import decoding  # pylint: disable=g-import-not-at-top
@@ -97,7 +93,7 @@ def main(argv):
 
   cli.parse_gin(operative + list(FLAGS.gin_file), FLAGS.gin_bindings, FLAGS.gin_search_paths)
   train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
-  model = cli.call_gin(models.build_from_gin, 'the model')
+  model = cli.build_model()
   vocabulary = data.task_vocabulary(train_config.task)
   if vocabulary.vocab_size > model.vocab_size:
     raise cli.UserError(f'the {vocabulary.name} vocabulary of TrainConfig.task = '

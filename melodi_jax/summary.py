@@ -100,9 +100,8 @@ def _checkpoint_facts(workdir: str) -> tuple[list[int], int | None, dict]:
 
 def summarize(workdir: str, split: str | None = None, shown_workdir: str | None = None) -> str:
   """The summary text of the run in `workdir` (paths printed under `shown_workdir`)."""
-  from melodi_jax.experiments import runs  # pylint: disable=g-import-not-at-top
   shown = shown_workdir or workdir
-  model, train_config = runs.build_run_model(workdir)
+  model, train_config = cli.build_run_model(workdir)
   config = model.config
   steps, parameters, progress = _checkpoint_facts(workdir)
   metrics = _read_jsonl(os.path.join(workdir, 'train_metrics.jsonl'))

@@ -28,7 +28,7 @@ import pytest
 from melodi_jax import models
 from melodi_jax.models import freezing
 from melodi_jax.train import config as train_config  # noqa: F401  (registers TrainConfig)
-from melodi_jax.train import metrics, optim
+from melodi_jax.train import cli, metrics, optim
 import zoo
 
 OPTIMIZER_GIN = 'optim/small.gin'
@@ -127,6 +127,6 @@ def test_every_leaf_moves(case):
 
 def test_small_configs_get_the_small_defaults():
   """The quickstart trains with AdamW and the scaled position bias (ModelConfig's default)."""
-  models.parse_gin(['quickstart.gin'])
+  cli.parse_gin(['quickstart.gin'], [])
   assert optim.OptimizerConfig().name == 'adamw'
   assert models.ModelConfig().position_bias_scale == 10.0

@@ -1,4 +1,4 @@
-"""Issue 7's report generator on fake run folders, and the memory-usage diagnostic's pieces."""
+"""The experiment reports on fake run folders, and the memory-usage diagnostic's pieces."""
 import json
 import os
 import subprocess

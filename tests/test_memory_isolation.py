@@ -1,4 +1,4 @@
-"""Memory is carried, not recomputed, and kept per lane (issue 16): two segments give what one
+"""Memory is carried, not recomputed, and kept per lane: two segments give what one
 call gives, and a token changed in one lane leaves the other lane bit-identical. One zoo config per
 kind of carried memory; parameters perturbed away from their initial values (tests/reference.py).
 """

@@ -1,4 +1,4 @@
-"""How far a token reaches through each memory, forward and backward (issue 16).
+"""How far a token reaches through each memory, forward and backward.
 
 Forward: a token changed at position p changes the logits exactly as far as the memory says and
 nothing before p. Backward: the last window's loss has a gradient with respect to window 0's

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from melodi_jax import data, models  # pylint: disable=unused-import  (gin configurables)
-from melodi_jax.train import checkpoints, config, inputs, optim, trainer
+from melodi_jax.train import checkpoints, cli, config, inputs, optim, trainer
 
 pytestmark = pytest.mark.slow  # scheduled first (tests/conftest.py)
 
@@ -45,7 +45,7 @@ REFERENCE_STEPS = 20  # the 1-process run the others are held against
 # ------------------------------------------------------------------------------------ helpers
 def _train_in_process(workdir, *bindings):
   """1 process x 4 of the 8 fake devices, the same gin config as the launches."""
-  models.parse_gin(GIN_FILES, BINDINGS + list(bindings))
+  cli.parse_gin(GIN_FILES, BINDINGS + list(bindings))
   try:
     train_config = config.TrainConfig()
     trainer.train(train_config, str(workdir), optimizer_config=optim.OptimizerConfig(),

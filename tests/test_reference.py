@@ -1,5 +1,5 @@
 """The window-scanned models against tests/reference.py, written from the definitions: the whole
-sequence at once with explicit masks (issue 16). A wrong mask, span, slot or gate shows here
+sequence at once with explicit masks. A wrong mask, span, slot or gate shows here
 even where the code would agree with itself."""
 
 import numpy as np

@@ -1,1 +1,2 @@
-"""Helpers shared by the measurement entry points (footprint.py, bench.py)."""
+"""Helpers of bench.py: the trainer's step on a synthetic batch, FLOP counting, roofline, profile,
+report."""

@@ -25,13 +25,10 @@ a fraction ECHO_FRACTION of the train documents are "echo" documents: runs of EC
 each a fresh snippet of 8..64 bytes of book text repeated, so that from a run's second snippet
 on every byte can be predicted by copying from one snippet back, across window boundaries too.
 They teach the copy (induction) circuit the way a dense copy task does; the key digits alone are
-too rare a signal for it: with a uniform k, one question per document and no echoes, 600 steps
-held ~6,000 key digits among 1.2M tokens and no model learned to copy at all (recall-v1, git
-history of results/recall.md), and neither did a Transformer-XL in 2,000 steps on the denser v2
-documents without echoes. A fresh snippet every run (recall-v3) rather than one snippet per
-document (v2): a lane then shows a new pattern every segment or two, as the copy probe's lanes
-do (results/copy_probe); with one snippet per document a lane shows one pattern for 8 segments,
-and a Transformer-XL pilot did not learn to copy from them.
+too rare a signal for it (one question per document: a few thousand key digits among millions of
+tokens). A fresh snippet every run rather than one per document, so that a lane shows a new
+pattern every segment or two, as the copy probe's lanes do (results/copy_probe). What was tried
+before is in results/recall.md and git.
 
 `recallkeys_bytes` trains on the tokens that must be recalled only (`recalled`):
 the key digits of every question and the echoes' repeats.

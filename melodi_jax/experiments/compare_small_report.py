@@ -6,7 +6,7 @@ import os
 from typing import Sequence
 
 from melodi_jax.experiments.reporting import LABELS, clock, fmt, git_commit, machine, millions
-from melodi_jax.experiments.reporting import style
+from melodi_jax.experiments.reporting import pyplot, save_figure, style
 from melodi_jax.experiments.run_folder import RunSummary, load_rows, read_json, setup_line
 from melodi_jax.experiments.run_folder import summarize
 
@@ -55,10 +55,7 @@ def ordering_note(rows: Sequence[RunSummary], task: str = 'books_bytes',
 
 
 def plot_curves(rows: Sequence[RunSummary], path: str, title: str) -> bool:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8, 5))
+  fig, ax = pyplot().subplots(figsize=(8, 5))
   drawn = False
   for row in rows:
     if row.curve:
@@ -69,20 +66,13 @@ def plot_curves(rows: Sequence[RunSummary], path: str, title: str) -> bool:
   ax.set_xlabel('training step')
   ax.set_ylabel('bits/byte (books validation, first batches)')
   ax.set_title(title)
-  if drawn:
-    ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, [ax] if drawn else [])
   return drawn
 
 
 def plot_tradeoff(rows: Sequence[RunSummary], path: str, task: str, split: str) -> bool:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(8, 5))
+  fig, ax = pyplot().subplots(figsize=(8, 5))
   drawn = False
   for row in rows:
     value = _bpb(row, task, split)
@@ -99,11 +89,7 @@ def plot_tradeoff(rows: Sequence[RunSummary], path: str, task: str, split: str) 
   ax.set_ylabel(f'bits/byte ({task.split("_")[0]} {split})')
   ax.set_title('Quality vs memory footprint (lower left is better)')
   ax.grid(alpha=0.3)
-  if drawn:
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, [ax] if drawn else [])
   return drawn
 
 

@@ -63,17 +63,14 @@ def loss_weights(copyable: np.ndarray, window: int, loss_on: str) -> np.ndarray:
 def run(gin_files: Sequence[str], bindings: Sequence[str], steps: int, learning_rate: float,
         log_every: int, formed_below: float, seed: int = 0, loss_on: str = 'after_window',
         gin_search_paths: Sequence[str] = ('configs',)) -> dict:
-  import gin  # pylint: disable=g-import-not-at-top
-  gin.clear_config()  # drops the bindings of a run parsed before in this process
   import jax  # pylint: disable=g-import-not-at-top
   import optax  # pylint: disable=g-import-not-at-top
-  from melodi_jax import models  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import config  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import step as step_lib  # pylint: disable=g-import-not-at-top
 
   cli.parse_gin(list(gin_files), list(bindings), list(gin_search_paths))
   train_config = config.TrainConfig()
-  model = models.build_from_gin(train_config.segment_length)  # from the gin state parsed above
+  model = cli.build_model(train_config.segment_length)
   batch, length, window = train_config.batch_size, train_config.segment_length, model.window_length
   rng = np.random.default_rng(seed)
   memory = model.init_memory(batch)

@@ -7,7 +7,7 @@ import os
 import re
 from typing import Sequence
 
-from melodi_jax.experiments.reporting import LABELS, git_commit, machine, style
+from melodi_jax.experiments.reporting import LABELS, git_commit, machine, pyplot, save_figure, style
 from melodi_jax.experiments.run_folder import read_json, summarize
 
 def chance_band(examples: int) -> float:
@@ -57,10 +57,7 @@ def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 
     cells.append('never (up to the largest k)' if fall is None else f'k = {fall}')
     lines.append('| ' + ' | '.join(cells) + ' |')
 
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4.5))
+  fig, ax = pyplot().subplots(figsize=(7, 4.5))
   for row in summaries:
     by_distance = results[row.name]['by_distance']
     ks = [k for k in distances if str(k) in by_distance]
@@ -71,11 +68,8 @@ def recall(runs: str, out: str, rows: Sequence[str], command: str, split: str = 
   ax.set_xlabel('distance k between key and question (windows)')
   ax.set_ylabel('key digit accuracy (teacher-forced)')
   ax.set_ylim(0, 1.02)
-  ax.legend(fontsize=8)
   ax.grid(alpha=0.3)
-  fig.tight_layout()
-  fig.savefig(os.path.join(out, 'recall.png'), dpi=110)
-  plt.close(fig)
+  save_figure(fig, os.path.join(out, 'recall.png'), [ax])
 
   first = next(iter(results.values()), {})
   reach = []

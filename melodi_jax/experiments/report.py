@@ -25,8 +25,6 @@ from melodi_jax.experiments.reporting import LABELS, git_commit, machine, style
 from melodi_jax.experiments.run_folder import CURVE_TAG, RunSummary, summarize
 from melodi_jax.train import cli
 
-_style = style  # the name memory_recall/report.py imports
-
 EXPERIMENTS = {'compare_small': compare_small, 'recall': recall}
 
 __all__ = ['COMPARE_SPLITS', 'CURVE_TAG', 'EXPERIMENTS', 'LABELS', 'PAPER_ORDER', 'RunSummary',

@@ -172,17 +172,9 @@ def sanity_note(rows: Sequence[run_folder.RunSummary], task: str = 'books_bytes'
 # Plots
 
 
-def _pyplot():
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  return plt
-
-
 def plot_positions(rows: Sequence[run_folder.RunSummary], path: str, task: str, split: str) -> bool:
   """Left: bits/byte per position bucket; right: minus the reference row's (what memory buys)."""
-  plt = _pyplot()
-  fig, (ax, ax_delta) = plt.subplots(1, 2, figsize=(12, 4.8))
+  fig, (ax, ax_delta) = reporting.pyplot().subplots(1, 2, figsize=(12, 4.8))
   reference = next((positions_of(r, task, split) for r in rows if r.name == REFERENCE), None)
   drawn, labels = False, []
   for row in rows:
@@ -207,11 +199,7 @@ def plot_positions(rows: Sequence[run_folder.RunSummary], path: str, task: str, 
   ax_delta.axhline(0.0, color='gray', linewidth=1)
   ax_delta.set_ylabel(f'bits/byte minus {_label(REFERENCE)}')
   ax_delta.set_title('What the memory buys (below 0: better than no memory)')
-  if drawn:
-    ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  reporting.save_figure(fig, path, [ax] if drawn else [])
   return drawn
 
 
@@ -226,8 +214,7 @@ def _moving_average(values: list[float], width: int) -> list[float]:
 def plot_learning(rows: Sequence[run_folder.RunSummary], path: str, smooth: int = 5) -> bool:
   """Left: training bits/byte (moving average over `smooth` logged steps); right: the capped
   validation evals during training."""
-  plt = _pyplot()
-  fig, (ax_train, ax_valid) = plt.subplots(1, 2, figsize=(12, 4.8))
+  fig, (ax_train, ax_valid) = reporting.pyplot().subplots(1, 2, figsize=(12, 4.8))
   drawn = False
   for row in rows:
     style = dict(_style(row.name), markersize=3, label=_label(row.name))
@@ -246,11 +233,7 @@ def plot_learning(rows: Sequence[run_folder.RunSummary], path: str, smooth: int 
     axis.set_xlabel('training step')
     axis.set_ylabel('bits/byte')
     axis.grid(alpha=0.3)
-    if drawn:
-      axis.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  reporting.save_figure(fig, path, [ax_train, ax_valid] if drawn else [])
   return drawn
 
 

@@ -1,11 +1,12 @@
-"""What every experiment report shares: model labels and plot styles, number formatting, and the
-machine and commit lines of a report's header."""
+"""What every experiment report shares: model labels, plot styles and how a figure is written,
+number formatting, and the machine and commit lines of a report's header."""
 from __future__ import annotations
 
 import math
 import os
 import platform
 import subprocess
+from typing import Any, Sequence
 
 LABELS = {
     'vanilla': 'vanilla (no memory)', 'transformer_xl': 'Transformer-XL',
@@ -21,6 +22,24 @@ def style(name: str) -> dict:
   names = list(LABELS)
   index = names.index(name) if name in names else len(names)
   return {'color': f'C{index % 10}', 'marker': 'osD^v<>ph*'[index % 10]}
+
+
+def pyplot():
+  """matplotlib.pyplot on the Agg backend (PNG files, no display)."""
+  import matplotlib  # pylint: disable=g-import-not-at-top
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
+  return plt
+
+
+def save_figure(fig, path: str, legends: Sequence[Any] = (), **legend_options) -> None:
+  """Draws the legend of every axis in `legends` (fontsize 8 unless `legend_options` say
+  otherwise), lays the figure out, writes it to `path` (PNG, 110 dpi) and closes it."""
+  for axis in legends:
+    axis.legend(**{'fontsize': 8, **legend_options})
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  pyplot().close(fig)
 
 
 def fmt(value, spec: str = '.3f', missing: str = '—') -> str:

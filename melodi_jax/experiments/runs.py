@@ -3,7 +3,6 @@ config.gin), parameters, TrainConfig and step; plus the model's size and memory 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import os
 from typing import Any
 
@@ -12,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax.errors import UserError
+from melodi_jax.models import footprint
 
 
 @dataclasses.dataclass
@@ -25,30 +25,13 @@ class Run:
   params_sharding: Any
 
 
-def build_run_model(workdir: str, bindings: tuple[str, ...] = ()):
-  """(model, TrainConfig) of a run from DIR/config.gin (gin is cleared first)."""
-  operative = os.path.join(workdir, 'config.gin')
-  if not os.path.isfile(operative):
-    raise UserError(f'{operative} not found: --workdir must be a training run that took at least '
-                    'one step')
-  import gin  # pylint: disable=g-import-not-at-top
-  gin.clear_config()  # drops the bindings of a run parsed before in this process
-  from melodi_jax import models  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import cli, config  # pylint: disable=g-import-not-at-top
-  cli.parse_gin([operative], list(bindings), ['configs'])
-  train_config = cli.call_gin(config.TrainConfig, 'TrainConfig')
-  model = cli.call_gin(
-      lambda: models.build_from_gin(segment_length=train_config.segment_length), 'the model')
-  return model, train_config
-
-
 def restore(workdir: str, step: int | None = None, batch_size: int | None = None) -> Run:
   """Restores the params of DIR's checkpoint `step` (default: the latest) onto this host."""
   import flax.linen as nn  # pylint: disable=g-import-not-at-top
-  from melodi_jax.train import checkpoints, partitioning  # pylint: disable=g-import-not-at-top
+  from melodi_jax.train import checkpoints, cli, partitioning  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
-  model, train_config = build_run_model(workdir)
+  model, train_config = cli.build_run_model(workdir)
   mesh = partitioning.make_mesh((-1, 1))
   rules = (tuple(train_config.axis_rules) if train_config.axis_rules
            else partitioning.default_rules())
@@ -76,23 +59,7 @@ def count_params(params: Any) -> int:
 
 def memory_floats_per_lane(model) -> dict[str, Any]:
   """Float elements per lane of the carried memory, as the paper counts (bool/int bookkeeping
-  such as validity masks left out): `jax.eval_shape(model.init_memory)`, no allocation. Uses
-  melodi_jax.footprint when it is on the branch, else the same rule here."""
-  try:
-    from melodi_jax import footprint  # pylint: disable=g-import-not-at-top
-    measured = footprint.measure_model(model, 'run')
-    return {'floats': measured.paper_floats, 'parts': measured.paper_parts,
-            'source': 'melodi_jax.footprint'}
-  except Exception:  # pylint: disable=broad-exception-caught  (not on this branch, or its flags)
-    pass
-  probe = 2
-  abstract = jax.eval_shape(functools.partial(model.init_memory, probe))
-  parts: dict[str, int] = {}
-  for path, leaf in jax.tree_util.tree_flatten_with_path(abstract)[0]:
-    if not jnp.issubdtype(leaf.dtype, jnp.floating):
-      continue
-    keys = [str(getattr(k, 'key', k)) for k in path]
-    part = keys[-2] if len(keys) >= 2 else keys[-1]
-    parts[part] = parts.get(part, 0) + int(np.prod(leaf.shape[1:]))
-  return {'floats': sum(parts.values()), 'parts': parts,
-          'source': 'float leaves of jax.eval_shape(model.init_memory) per lane'}
+  such as validity masks left out): `jax.eval_shape(model.init_memory)`, no allocation."""
+  measured = footprint.measure_model(model, 'run')
+  return {'floats': measured.paper_floats, 'parts': measured.paper_parts,
+          'source': 'melodi_jax.footprint'}

@@ -1,11 +1,10 @@
-"""Flags, gin parsing and error handling shared by the absl entry points (train, evaluate).
-
-Every mistake a user can make at this boundary becomes a `UserError`: one line on stderr, exit 2.
+"""The command line of every entry point (train, evaluate, generate, summary, footprint, bench,
+the experiments): flags, gin files and bindings, a run's operative config, and `run`, where a
+mistake a user can fix (`UserError`) is one line on stderr and exit status 2.
 """
 from __future__ import annotations
 
 import os
-import pathlib
 import sys
 import tempfile
 import traceback
@@ -13,16 +12,17 @@ from collections.abc import Callable, Sequence
 
 from absl import app, flags
 from absl import logging as absl_logging
-import gin
 
+from melodi_jax import gin_config
 from melodi_jax.errors import UserError  # re-exported for the entry points
 from melodi_jax.train import quiet
 
-_PACKAGE_CONFIGS = pathlib.Path(__file__).resolve().parents[2] / 'configs'
-
 
 def define_gin_flags():
-  """--gin_file, --gin_bindings (alias --gin_param), --gin_search_paths."""
+  """--gin_file, --gin_bindings (alias --gin_param), --gin_search_paths; defined once, so that
+  several entry points can be imported in one process (tests)."""
+  if 'gin_file' in flags.FLAGS:
+    return
   flags.DEFINE_multi_string('gin_file', [], 'Gin file to parse; repeatable. Looked up as given, '
                             'then in --gin_search_paths.')
   flags.DEFINE_multi_string('gin_bindings', [], 'Gin binding, e.g. "TrainConfig.num_steps = 10"; '
@@ -32,7 +32,14 @@ def define_gin_flags():
                     '`include`s are looked up (the package configs/ is always searched last).')
 
 
+def define_json_flag():
+  """--json (footprint, bench); defined once."""
+  if 'json' not in flags.FLAGS:
+    flags.DEFINE_bool('json', False, 'print JSON instead of text')
+
+
 def define_common_flags():
+  """The gin flags and a run's: --workdir, --tfds_data_dir, --multiprocess."""
   define_gin_flags()
   flags.DEFINE_string('workdir', None, 'Run folder: checkpoints, metrics, operative gin config.')
   flags.DEFINE_string('tfds_data_dir', None, 'TFDS data dir for corpora prepared with tfds '
@@ -88,31 +95,6 @@ def _connect_collectives():
   multihost_utils.sync_global_devices('melodi_jax: every process connected')
 
 
-def search_paths(paths: Sequence[str]) -> list[str]:
-  out = [os.path.abspath(p) for p in paths]
-  if str(_PACKAGE_CONFIGS) not in out and _PACKAGE_CONFIGS.is_dir():
-    out.append(str(_PACKAGE_CONFIGS))
-  return out
-
-
-def resolve_gin_file(name: str, paths: Sequence[str]) -> str:
-  candidates = [name] if os.path.isabs(name) else [name] + [os.path.join(p, name) for p in paths]
-  if not name.endswith('.gin'):
-    candidates += [c + '.gin' for c in candidates]
-  for candidate in candidates:
-    if os.path.isfile(candidate):
-      return os.path.abspath(candidate)
-  raise UserError(f'gin file {name!r} not found (looked in the current folder and '
-                  f'{", ".join(paths)}); check the name or pass --gin_search_paths')
-
-
-def _gin_message(error: BaseException) -> str:
-  lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-  where = next((l for l in lines[1:] if l.startswith('In ')), '')
-  head = lines[0] if lines else type(error).__name__
-  return f'{head} {where}'.strip()
-
-
 def register_configurables():
   """Imports every module that defines gin configurables used by run configs (the model's stack
   plans, the data tasks', TrainConfig, OptimizerConfig), so that a file binding any of them
@@ -122,23 +104,22 @@ def register_configurables():
   from melodi_jax.train import config, optim
 
 
-def parse_gin(files: Sequence[str], bindings: Sequence[str], paths: Sequence[str]) -> list[str]:
-  """Parses gin files (resolved against `paths`) and bindings, every configurable registered
-  first; returns the resolved file paths. Gin is left unlocked."""
+def parse_gin(files: Sequence[str], bindings: Sequence[str], paths: Sequence[str] = ()
+              ) -> list[str]:
+  """gin_config.parse (gin cleared, then the files found as given or under `paths` and the
+  package configs/, then the bindings), every configurable registered first; returns the
+  resolved file paths."""
   register_configurables()
-  paths = search_paths(paths)
-  for path in paths:
-    gin.add_config_file_search_path(path)
-  resolved = [resolve_gin_file(f, paths) for f in files]
-  try:
-    gin.parse_config_files_and_bindings(resolved, bindings, finalize_config=False)
-  except IOError as e:
-    raise UserError(f'gin include failed: {_gin_message(e)}; check the include path or '
-                    '--gin_search_paths') from None
-  except (ValueError, SyntaxError, KeyError, TypeError) as e:
-    raise UserError(f'gin config error: {_gin_message(e)}; check the spelling of the '
-                    'configurable/parameter in your gin files and --gin_bindings') from None
-  return resolved
+  return gin_config.parse(files, bindings, paths)
+
+
+def operative_config(workdir: str) -> str:
+  """The operative config.gin a training run wrote in `workdir`."""
+  path = os.path.join(os.path.abspath(workdir), 'config.gin')
+  if not os.path.isfile(path):
+    raise UserError(f'{path} not found: --workdir must be a training run that took at least one '
+                    'step')
+  return path
 
 
 def call_gin(fn: Callable, what: str):
@@ -150,9 +131,24 @@ def call_gin(fn: Callable, what: str):
   except (TypeError, ValueError, RuntimeError) as e:
     message = str(e)
     if 'In call to configurable' in message or 'Required bindings' in message:
-      raise UserError(f'gin config error while building {what}: {_gin_message(e)}; fix the '
+      raise UserError(f'gin config error while building {what}: {gin_config.message(e)}; fix the '
                       'binding in your gin files or --gin_bindings') from None
     raise
+
+
+def build_model(segment_length: int | None = None):
+  """models.build_from_gin of the parsed config, gin binding mistakes as UserErrors."""
+  from melodi_jax import models  # pylint: disable=g-import-not-at-top
+  return call_gin(lambda: models.build_from_gin(segment_length), 'the model')
+
+
+def build_run_model(workdir: str, bindings: Sequence[str] = ()):
+  """(model, TrainConfig) of the run in `workdir`, from its operative config.gin and `bindings`
+  (gin is cleared first)."""
+  from melodi_jax.train import config  # pylint: disable=g-import-not-at-top
+  parse_gin([operative_config(workdir)], list(bindings), ['configs'])
+  train_config = call_gin(config.TrainConfig, 'TrainConfig')
+  return build_model(train_config.segment_length), train_config
 
 
 def check_workdir(workdir: str | None) -> str:

@@ -64,8 +64,6 @@ class LibraryLogFilter(logging.Filter):
 
   def filter(self, record: logging.LogRecord) -> bool:
     path = record.pathname.replace(os.sep, '/')
-    if path.endswith('/gin/resource_reader.py'):  # gin probing search paths for `include`s
-      return False
     if '/melodi_jax/' in path or path.endswith('/absl/app.py'):
       return True
     if record.levelno < logging.WARNING:

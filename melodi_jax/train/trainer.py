@@ -102,9 +102,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   # ---------------------------------------------------------------------------------------
   # Model.
   if model is None:
-    from melodi_jax import models  # pylint: disable=g-import-not-at-top
-    model = cli.call_gin(lambda: models.build_from_gin(segment_length=config.segment_length),
-                         'the model')
+    model = cli.build_model(config.segment_length)
   batch_size, segment_length = config.batch_size, config.segment_length
   window_length = model.window_length
   partitioning.check_batch_divides(batch_size, mesh)

@@ -77,7 +77,7 @@ def zero_shot(run, config, documents: int) -> dict:
   docs, episodes, _ = mqar.split_documents(grid, 'test')
   result = {}
   for layer in range(run.model.config.num_layers):
-    model, _ = runs.build_run_model(run.workdir, (
+    model, _ = cli.build_run_model(run.workdir, (
         'ModelConfig.stack = @MemorizingStack()', f'MemorizingStack.memory_layer = {layer}',
         'MemorizingStack.memory_slots = 2048', 'MemorizingStack.top_k = 0'))
     params = jax.tree.map(np.asarray, run.params)

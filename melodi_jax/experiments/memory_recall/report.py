@@ -18,7 +18,7 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from melodi_jax.experiments.report import LABELS, _style, git_commit, machine
+from melodi_jax.experiments.reporting import LABELS, git_commit, machine, pyplot, save_figure, style
 from melodi_jax.train import cli
 
 
@@ -227,18 +227,16 @@ def expectations(data: dict, chance: float) -> list[str]:
 
 
 def plot(rows: Sequence[dict], path: str, chance: float) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
   pairs = sorted({c['pairs'] for data in rows for c in data['score']['cells']})
-  fig, axes = plt.subplots(1, len(pairs), figsize=(5 * len(pairs), 4), sharey=True, squeeze=False)
+  fig, axes = pyplot().subplots(1, len(pairs), figsize=(5 * len(pairs), 4), sharey=True,
+                                squeeze=False)
   for ax, n in zip(axes[0], pairs):
     for data in rows:
       cells = sorted((c for c in data['score']['cells'] if c['pairs'] == n),
                      key=lambda c: c['distance'])
       ax.errorbar([c['distance'] for c in cells], [c['accuracy'] for c in cells],
                   yerr=[c['standard_error'] for c in cells], capsize=2,
-                  label=LABELS.get(data['row'], data['row']), **_style(data['row']))
+                  label=LABELS.get(data['row'], data['row']), **style(data['row']))
     ax.axhline(chance, color='gray', linestyle=':', label=f'chance ({chance:.3f})')
     ax.set_xscale('symlog', linthresh=1)
     distances = sorted({c['distance'] for d in rows for c in d['score']['cells']})
@@ -249,31 +247,22 @@ def plot(rows: Sequence[dict], path: str, chance: float) -> None:
     ax.set_title(f'N = {n} pairs')
     ax.set_ylim(-0.02, 1.02)
   axes[0][0].set_ylabel('value accuracy (test)')
-  axes[0][-1].legend(fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, [axes[0][-1]], fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
 
 
 def plot_training(rows: Sequence[dict], path: str) -> None:
-  import matplotlib  # pylint: disable=g-import-not-at-top
-  matplotlib.use('Agg')
-  import matplotlib.pyplot as plt  # pylint: disable=g-import-not-at-top
-  fig, ax = plt.subplots(figsize=(7, 4))
+  fig, ax = pyplot().subplots(figsize=(7, 4))
   for data in rows:
     offset = 0
     for stage, info in data['stages'].items():
       steps = [m['step'] + offset for m in info['metrics']]
       ax.plot(steps, [m['loss'] for m in info['metrics']],
               label=LABELS.get(data['row'], data['row']) if stage == data['row'] else None,
-              color=_style(data['row'])['color'], linewidth=1)
+              color=style(data['row'])['color'], linewidth=1)
       offset = steps[-1] if steps else offset
   ax.set_xlabel('step (stage 1, k = 0, then stage 2)')
   ax.set_ylabel('train loss on the query values (nats)')
-  ax.legend(fontsize=7)
-  fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  save_figure(fig, path, [ax], fontsize=7)
 
 
 def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
