@@ -27,12 +27,12 @@ from typing import Iterator, Sequence
 
 from absl import flags
 
-from melodi_jax.bench_lib import cli
+from melodi_jax.train import cli
 
 flags.DEFINE_string('against', None, 'git revision to compare the working tree with (commit, '
                     'tag or branch)')
 flags.DEFINE_integer('pairs', 3, 'alternating pairs of benchmark runs (>= 1)')
-flags.DEFINE_bool('json', False, 'print JSON instead of text')
+cli.define_json_flag()
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
