@@ -144,7 +144,7 @@ def summarize(workdir: str, split: str | None = None, shown_workdir: str | None 
     for i, line in enumerate(scale):
       lines.append(f'  {"for scale" if i == 0 else "":10}  {line}')
     if result.get('memory_floats_per_lane'):
-      lines.append(f'  memory      {result["memory_floats_per_lane"]:,} numbers per lane carried '
+      lines.append(f'  memory      {result["memory_floats_per_lane"]:,} floats per lane carried '
                    'from window to window')
 
   collapsed = progress.get('collapse')

@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from melodi_jax.models import footprint
 from melodi_jax.train import inputs, metrics, partitioning, positions
 
 
@@ -38,7 +39,7 @@ class EvalResult:
   batch_size: int          # lanes
   segment_length: int      # T
   window_length: int       # W
-  memory_floats_per_lane: int
+  memory_floats_per_lane: int  # float elements, as models/footprint.py counts (no masks)
   memory_shapes: dict[str, list[int]]  # carried memory leaves, per lane (without B)
   protocol: str = ('lanes unshuffled; every document read to its end; memory carried across '
                    'segments and reset at document starts')
@@ -53,11 +54,10 @@ class EvalResult:
             'bits_per_byte': self.bits_per_byte, 'tokens': self.tokens, 'bytes': self.bytes}
 
 
-def memory_sizes(abstract_memory: Any, batch_size: int) -> tuple[int, dict[str, list[int]]]:
-  leaves = jax.tree_util.tree_leaves_with_path(abstract_memory)
-  shapes = {jax.tree_util.keystr(path): list(leaf.shape[1:]) for path, leaf in leaves}
-  floats = sum(int(np.prod(leaf.shape)) for _, leaf in leaves) // max(batch_size, 1)
-  return floats, shapes
+def memory_shapes(abstract_memory: Any) -> dict[str, list[int]]:
+  """The carried memory's leaves and their shapes per lane (without B)."""
+  return {jax.tree_util.keystr(path): list(leaf.shape[1:])
+          for path, leaf in jax.tree_util.tree_leaves_with_path(abstract_memory)}
 
 
 class Evaluator:
@@ -142,7 +142,8 @@ class Evaluator:
     totals = {k: float(np.sum([np.float64(s[k]) for s in host_sums])) for k in keys}
     nats_per_token = totals['nats'] / totals['tokens'] if totals['tokens'] else float('nan')
     by_position = _bucket_rows(self.position_buckets, host_sums)
-    floats, shapes = memory_sizes(self._abstract_memory, self.spec.batch_size)
+    floats = footprint.measure_model(self.model, '').paper_floats  # masks, counters not
+    shapes = memory_shapes(self._abstract_memory)
     return EvalResult(
         task=self.spec.name, split=self.spec.split, step=int(step), tokens=totals['tokens'],
         bytes=totals['bytes'] + totals['first_token_bytes'], predicted_bytes=totals['bytes'],
