@@ -36,9 +36,7 @@ def main(argv):
   if FLAGS.text_dir and not os.path.isdir(FLAGS.text_dir):
     raise cli.UserError(f'--text_dir={FLAGS.text_dir} is not a folder; pass a folder of text '
                         'files')
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   import jax  # pylint: disable=g-import-not-at-top
-  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import checkpoints, config, evaluator, inputs, partitioning  # pylint: disable=g-import-not-at-top
 
   cli.parse_gin([operative] + list(FLAGS.gin_file), FLAGS.gin_bindings, FLAGS.gin_search_paths)
@@ -58,19 +56,13 @@ def main(argv):
       segment_length=train_config.segment_length, window_length=model.window_length,
       train=False, text_dir=FLAGS.text_dir, tfds_data_dir=FLAGS.tfds_data_dir)
 
-  batch, windows = spec.batch_size, spec.segment_length // spec.window_length
-  boxed = jax.eval_shape(
-      lambda rng: model.init(rng, jnp.zeros((batch, spec.segment_length), jnp.int32),
-                             model.init_memory(batch), jnp.ones((batch, windows), bool))['params'],
-      jax.random.key(0))
-  params_sharding = partitioning.logical_shardings(boxed, mesh, rules)
+  params_sharding, abstract = partitioning.restorable_params(
+      model, spec.batch_size, spec.segment_length, mesh, rules)
   runner = evaluator.Evaluator(model, mesh, params_sharding, spec,
                                position_buckets=train_config.eval_position_buckets)
   stream = runner.open()  # data errors surface before the checkpoint is read
 
   checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.meta.unbox(boxed), params_sharding)
   restored = checkpointer.restore({'params': abstract}, step=FLAGS.step)
   if restored is None:
     raise cli.UserError(f'no checkpoint in {checkpointer.directory}; train first')

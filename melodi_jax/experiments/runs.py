@@ -7,7 +7,6 @@ import os
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax.errors import UserError
@@ -27,7 +26,6 @@ class Run:
 
 def restore(workdir: str, step: int | None = None, batch_size: int | None = None) -> Run:
   """Restores the params of DIR's checkpoint `step` (default: the latest) onto this host."""
-  import flax.linen as nn  # pylint: disable=g-import-not-at-top
   from melodi_jax.train import checkpoints, cli, partitioning  # pylint: disable=g-import-not-at-top
 
   workdir = os.path.abspath(workdir)
@@ -35,15 +33,8 @@ def restore(workdir: str, step: int | None = None, batch_size: int | None = None
   mesh = partitioning.make_mesh((-1, 1))
   rules = (tuple(train_config.axis_rules) if train_config.axis_rules
            else partitioning.default_rules())
-  batch = batch_size or train_config.eval_batch
-  windows = train_config.segment_length // model.window_length
-  boxed = jax.eval_shape(
-      lambda rng: model.init(rng, jnp.zeros((batch, train_config.segment_length), jnp.int32),
-                             model.init_memory(batch), jnp.ones((batch, windows), bool))['params'],
-      jax.random.key(0))
-  params_sharding = partitioning.logical_shardings(boxed, mesh, rules)
-  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
-                          nn.meta.unbox(boxed), params_sharding)
+  params_sharding, abstract = partitioning.restorable_params(
+      model, batch_size or train_config.eval_batch, train_config.segment_length, mesh, rules)
   checkpointer = checkpoints.Checkpointer(workdir, read_only=True)
   restored = checkpointer.restore({'params': abstract}, step=step)
   checkpointer.close()

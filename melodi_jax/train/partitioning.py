@@ -91,6 +91,24 @@ def logical_shardings(boxed_abstract: Any, mesh: Mesh, rules: Rules) -> Any:
                       is_leaf=lambda x: isinstance(x, (nn.LogicallyPartitioned, nn.Partitioned)))
 
 
+def restorable_params(model, batch_size: int, segment_length: int, mesh: Mesh,
+                      rules: Rules) -> tuple[Any, Any]:
+  """(shardings, abstract params) of `model` for restoring a checkpoint straight onto `mesh`:
+  jax.eval_shape of model.init on a [batch_size, segment_length] segment (nothing allocated);
+  the abstract leaves are jax.ShapeDtypeStructs that carry their sharding."""
+  import jax.numpy as jnp  # pylint: disable=g-import-not-at-top
+  windows = segment_length // model.window_length
+  boxed = jax.eval_shape(
+      lambda rng: model.init(rng, jnp.zeros((batch_size, segment_length), jnp.int32),
+                             model.init_memory(batch_size),
+                             jnp.ones((batch_size, windows), bool))['params'],
+      jax.random.key(0))
+  shardings = logical_shardings(boxed, mesh, rules)
+  abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s),
+                          nn.meta.unbox(boxed), shardings)
+  return shardings, abstract
+
+
 def like_param_shardings(abstract_tree: Any, params_abstract: Any, params_shardings: Any,
                          mesh: Mesh) -> Any:
   """Shardings for optimizer state: a leaf whose tree path ends with a parameter's path and whose
