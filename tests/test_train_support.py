@@ -3,6 +3,7 @@ the data layer's batch format and state()/restore()."""
 import functools
 import json
 import os
+import re
 import sys
 
 import numpy as np
@@ -137,7 +138,13 @@ def cli_command(module, workdir, *flags):
 
 
 def cli_env(data_dir):
+  """The environment of an entry-point subprocess: 2 fake CPU devices, not the session's 8. On a
+  2-core machine under load, XLA's in-process all-reduce over 8 device threads can miss its 40 s
+  rendezvous ("Expected 8 threads to join the rendezvous") and abort the process; sharding over
+  8 devices is tested in-process (test_partitioning.py)."""
   env = dict(os.environ, MELODI_DATA_DIR=str(data_dir))
+  env['XLA_FLAGS'] = re.sub(r'--xla_force_host_platform_device_count=\d+', '',
+                            env.get('XLA_FLAGS', '')) + ' --xla_force_host_platform_device_count=2'
   env['PYTHONPATH'] = os.pathsep.join([REPO] + [p for p in [env.get('PYTHONPATH')] if p])
   return env
 
