@@ -73,6 +73,7 @@ class Evaluator:
     self._factory = stream_factory
     partitioning.check_batch_divides(spec.batch_size, mesh, 'the eval batch size')
     self._abstract_memory = jax.eval_shape(lambda: model.init_memory(spec.batch_size))
+    self._memory_floats = footprint.measure_model(model, '').paper_floats  # no masks/counters
     memory_sharding = partitioning.lane_shardings(self._abstract_memory, mesh)
     self._batch_sharding = partitioning.batch_sharding(mesh)
     self._init_memory = jax.jit(lambda: model.init_memory(spec.batch_size),
@@ -142,8 +143,6 @@ class Evaluator:
     totals = {k: float(np.sum([np.float64(s[k]) for s in host_sums])) for k in keys}
     nats_per_token = totals['nats'] / totals['tokens'] if totals['tokens'] else float('nan')
     by_position = _bucket_rows(self.position_buckets, host_sums)
-    floats = footprint.measure_model(self.model, '').paper_floats  # masks, counters not
-    shapes = memory_shapes(self._abstract_memory)
     return EvalResult(
         task=self.spec.name, split=self.spec.split, step=int(step), tokens=totals['tokens'],
         bytes=totals['bytes'] + totals['first_token_bytes'], predicted_bytes=totals['bytes'],
@@ -152,7 +151,8 @@ class Evaluator:
         bits_per_byte=metrics.bits_per_byte(totals['nats'], totals['bytes']), batches=batches,
         complete=complete, batch_size=self.spec.batch_size,
         segment_length=self.spec.segment_length, window_length=self.spec.window_length,
-        memory_floats_per_lane=floats, memory_shapes=shapes, by_position=by_position)
+        memory_floats_per_lane=self._memory_floats,
+        memory_shapes=memory_shapes(self._abstract_memory), by_position=by_position)
 
 
 def _bucket_rows(boundaries: Sequence[int], host_sums: list[dict]) -> list[dict[str, Any]]:
