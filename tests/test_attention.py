@@ -94,3 +94,47 @@ def test_a_model_sows_per_window_only_when_asked(name, extra, monkeypatch):
   traced = str(jax.make_jaxpr(apply)(variables, *args))
   monkeypatch.setattr(nn.Module, 'sow', lambda *_, **__: False)
   assert str(jax.make_jaxpr(apply)(variables, *args)) == traced
+
+
+@pytest.mark.parametrize('span', [None, 64], ids=['causal', 'sliding_window'])
+def test_query_blocks_cover_every_allowed_key(span):
+  """Each block's key range holds every key its rows may see; together the blocks compute fewer
+  (query, key) pairs than the whole table."""
+  positions, key_positions = np.arange(64), np.arange(-64, 64)
+  mask = causal_mask(positions, key_positions, span)
+  blocks = attention.query_blocks(mask, max_blocks=4, min_rows=8)
+  assert len(blocks) >= 2
+  assert blocks[0][0] == 0 and blocks[-1][1] == 64
+  assert all(a[1] == b[0] for a, b in zip(blocks, blocks[1:]))   # the rows, once each, in order
+  for row0, row1, col0, col1 in blocks:
+    outside = np.ones(mask.shape[1], bool)
+    outside[col0:col1] = False
+    assert not mask[row0:row1][:, outside].any()
+  assert sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in blocks) < 0.9 * mask.size
+  assert attention.query_blocks(mask, max_blocks=1) == [(0, 64, 0, 128)]
+
+
+@pytest.mark.parametrize('span', [None, 48], ids=['causal', 'sliding_window'])
+def test_blocked_attention_equals_one_block(span):
+  """Query blocks skip only masked keys: outputs and gradients (parameters, inputs, memory) equal
+  the one-block computation, with empty memory slots and a document start in lane 1."""
+  tq, memory = 96, 48
+  rng = np.random.default_rng(1)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  x, mem_keys, mem_values = normal(B, tq, D), normal(B, memory, H, DH), normal(B, memory, H, DH)
+  valid = jnp.asarray([[True] * memory, [False] * (memory - 5) + [True] * 5])
+  positions = np.arange(tq)
+  def loss(variables, x, mem_keys, mem_values, blocks):
+    group = KeyGroup(mem_keys, mem_values, np.arange(-memory, 0), valid)
+    module = Attention(D, H, DH, position_buckets=8, position_max_distance=64, query_blocks=blocks)
+    out = module.apply(variables, x, positions, [group], span=span).output
+    return jnp.sum(out * jnp.cos(jnp.arange(out.size).reshape(out.shape))), out
+  group = KeyGroup(mem_keys, mem_values, np.arange(-memory, 0), valid)
+  variables = Attention(D, H, DH, position_buckets=8, position_max_distance=64).init(
+      jax.random.key(0), x, positions, [group], span=span)
+  grad = jax.grad(loss, argnums=(0, 1, 2, 3), has_aux=True)
+  one_grads, one_out = grad(variables, x, mem_keys, mem_values, 1)
+  blocked_grads, blocked_out = grad(variables, x, mem_keys, mem_values, 4)
+  np.testing.assert_allclose(blocked_out, one_out, atol=1e-5, rtol=1e-5)
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-5),
+               blocked_grads, one_grads)

@@ -79,6 +79,37 @@ def causal_mask(query_positions: np.ndarray, key_positions: np.ndarray,
   return mask
 
 
+def query_blocks(static_mask: np.ndarray, max_blocks: int,
+                 min_rows: int = 32) -> list[tuple[int, int, int, int]]:
+  """Splits the queries of a static mask bool[Tq, Tk] into row blocks that each attend only to
+  the key columns some row of theirs may see: [(row0, row1, col0, col1), ...].
+
+  Keys outside a block's column range are masked for all its rows, so attention over the range
+  alone is the same softmax (masked keys get exactly zero weight); this skips the masked
+  triangle of causal attention and the masked band of a sliding window (Transformer-XL's span-W
+  window over 2W keys). Of 1, 2, 4, ... <= max_blocks equal blocks of >= min_rows rows, the split
+  that computes the fewest (query, key) pairs is taken, a finer one only when it saves >= 10%.
+  """
+  num_queries, num_keys = static_mask.shape
+  def split(count):
+    bounds = np.linspace(0, num_queries, count + 1).astype(int)
+    blocks = []
+    for row0, row1 in zip(bounds[:-1], bounds[1:]):
+      columns = np.flatnonzero(static_mask[row0:row1].any(axis=0))
+      col0, col1 = (int(columns[0]), int(columns[-1]) + 1) if columns.size else (0, 1)
+      blocks.append((int(row0), int(row1), col0, col1))
+    return blocks
+  best = [(0, num_queries, 0, num_keys)]
+  count = 2
+  while count <= max_blocks and num_queries // count >= min_rows:
+    candidate = split(count)
+    area = lambda blocks: sum((r1 - r0) * (c1 - c0) for r0, r1, c0, c1 in blocks)
+    if area(candidate) > 0.9 * area(best):
+      break
+    best, count = candidate, count * 2
+  return best
+
+
 def masked_top_k(scores: jax.Array, valid: jax.Array, k: int,
                  approximate: bool = False) -> tuple[jax.Array, jax.Array, jax.Array]:
   """The k best allowed scores along the last axis (kNN lookup, chunk retrieval).
@@ -174,6 +205,7 @@ class Attention(nn.Module):
   gate_per_head: bool = False       # Memorizing Transformer: one gate per head
   cross_top_k: int = 0              # 0: dense cross-attention over the whole cross memory
   cross_approximate: bool = False   # with cross_top_k: jax.lax.approx_max_k (TPU) over exact top-k
+  query_blocks: int = 4             # at most this many query blocks skipping masked keys (1: off)
   dtype: jnp.dtype = jnp.float32
 
   def setup(self):
@@ -237,19 +269,32 @@ class Attention(nn.Module):
     everything = list(groups) + [own]
     all_keys = jnp.concatenate([g.keys.astype(self.dtype) for g in everything], axis=1)
     all_values = jnp.concatenate([g.values.astype(self.dtype) for g in everything], axis=1)
+    positions = np.asarray(positions)
     key_positions = np.concatenate([g.positions for g in everything])
-    mask = jnp.asarray(causal_mask(np.asarray(positions), key_positions, span))
+    static_mask = causal_mask(positions, key_positions, span)
+    mask = jnp.asarray(static_mask)
     if query_index is not None:
       mask = mask[query_index][None]
     mask = mask[None, None]
     if any(g.valid is not None for g in everything):
       valid = jnp.concatenate([_valid_or_ones(g) for g in everything], axis=1)
       mask = mask & valid[:, None, None, :]
-    bias = self.position_bias(np.asarray(positions), key_positions, query_index)
     dropout_rng = None if deterministic else self.make_rng('dropout')
-    out, probs = dot_product_attention(query, all_keys, all_values, mask, bias,
-                                       dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-                                       deterministic=deterministic, return_probs=True)
+    diagnostics = self.is_mutable_collection(INTERMEDIATES)
+    if query_index is None and not diagnostics and (deterministic or not self.dropout_rate):
+      blocks = query_blocks(static_mask, self.query_blocks)
+    else:   # one block: decoding, diagnostics (whole probability tables) and dropout's masks
+      blocks = [(0, query.shape[1], 0, all_keys.shape[1])]
+    outputs = []
+    for row0, row1, col0, col1 in blocks:
+      rows = positions if query_index is not None else positions[row0:row1]  # decoding: a table
+      bias = self.position_bias(rows, key_positions[col0:col1], query_index)  # row is picked
+      out, probs = dot_product_attention(
+          query[:, row0:row1], all_keys[:, col0:col1], all_values[:, col0:col1],
+          mask[:, :, row0:row1, col0:col1], bias, dropout_rate=self.dropout_rate,
+          dropout_rng=dropout_rng, deterministic=deterministic, return_probs=True)
+      outputs.append(out)
+    out = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
     self.sow(INTERMEDIATES, 'self_probs', probs)  # (no-op unless the collection is mutable)
     self.sow(INTERMEDIATES, 'self_mask', mask)
     if cross is not None:

@@ -64,6 +64,8 @@ class ModelConfig:
   dtype: str = 'bfloat16'           # compute dtype; parameters stay float32
   memory_dtype: str = 'float32'     # dtype of the carried memory pytree
   remat: bool = False               # recompute windows in the backward pass (models/recompute.py)
+  attention_query_blocks: int = 4   # self-attention skips the keys masked for a whole block of
+                                    # queries, in up to this many blocks (1: one block)
   stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin
 
   def layer_options(self) -> tuple[LayerOptions, ...]:
@@ -88,7 +90,8 @@ class ModelConfig:
                 dropout_rate=self.dropout_rate, normalize_qk=self.normalize_qk,
                 position_buckets=self.position_buckets,
                 position_max_distance=self.position_max_distance,
-                position_bias_scale=self.position_bias_scale, dtype=self.dtype)
+                position_bias_scale=self.position_bias_scale,
+                query_blocks=self.attention_query_blocks, dtype=self.dtype)
 
   def validate(self) -> None:
     """Raises UserError naming the gin parameter that cannot work."""
@@ -108,6 +111,7 @@ class ModelConfig:
         (self.position_buckets >= 2 and self.position_max_distance > self.position_buckets // 2,
          'ModelConfig.position_max_distance must exceed position_buckets / 2'),
         (self.position_bias_scale > 0, 'ModelConfig.position_bias_scale must be positive'),
+        (self.attention_query_blocks >= 1, 'ModelConfig.attention_query_blocks must be >= 1'),
     ]
     for ok, message in checks:
       if not ok:
