@@ -14,7 +14,7 @@ from absl import app, flags
 from absl import logging as absl_logging
 
 from melodi_jax import gin_config
-from melodi_jax.errors import UserError  # re-exported for the entry points
+from melodi_jax.errors import UserError, exit_on_user_error  # UserError: re-exported
 from melodi_jax.train import quiet
 
 
@@ -183,14 +183,11 @@ def _parse_flags(argv: list[str]) -> list[str]:
 def run(main: Callable[[list[str]], None]):
   """`app.run(main)`, quiet by default (train/quiet.py), where a user's mistake is one line on
   stderr and exit status 2."""
+  guarded = exit_on_user_error(main, stop=_exit)
   def wrapped(argv):
     quiet.setup()  # before anything imports TensorFlow
     try:
-      main(argv)
-    except UserError as e:
-      sys.stderr.flush()
-      print(f'error: {e}', file=sys.stderr)
-      _exit(2)
+      guarded(argv)
     except Exception as e:  # pylint: disable=broad-exception-caught
       if not _joined_other_processes():
         raise
