@@ -54,12 +54,18 @@ def test_report_from_saved_rows(tmp_path):
          {'step': 30, 'chance': 1 / 64, 'cells': reach})
   _write(os.path.join(saved, 'memorizing_dense', 'reach', 'memory_usage.json'),
          {'gates': {'stack/layer_01': {'memory_weight': 0.61, 'min': 0.5, 'max': 0.7}}})
+  capacity = [{'pairs': n, 'distance': k, 'documents': 4, 'accuracy': 0.9 / n,
+               'standard_error': 0.03, 'source_windows': {}} for n in (1, 2, 16) for k in (2, 8)]
+  _write(os.path.join(saved, 'memorizing_dense', 'capacity', 'mqar_test_35_n1-2-16.json'),
+         {'step': 35, 'chance': 1 / 64, 'cells': capacity})
+  _write(os.path.join(saved, 'memorizing_dense', 'capacity', 'train_wall.jsonl'),
+         json.dumps({'seconds': 120.0}) + '\n')
   path = report.write(saved, out, ['vanilla', 'memorizing_dense', 'transformer_xl', 'melodi'],
                       'cmd')
   text = open(path, encoding='utf-8').read()
   assert 'Rows not finished yet: melodi.' in text
   assert '| 4 | 1.00 ± 0.01 | 0.02 ± 0.01 | 0.02 ± 0.01 |' in text  # vanilla, N = 4 row
-  assert '| 1234 | 0.97 ± 0.01 | 2 min |' in text
+  assert '| 1234 | 0.97 ± 0.01 | 2 min |' in text   # Transformer-XL: two stages of 1 minute
   assert 'dense lookup over the last 2048 keys/values of layer 2 = 32 windows' in text
   assert 'weight on memory' in text and '1 - g = 0.700' in text
   # Expectations are checked against the measured cells.
@@ -73,7 +79,15 @@ def test_report_from_saved_rows(tmp_path):
   # Stage 3 (reach): its own N = 1 table for the rows that ran it, the others named.
   assert '| Memorizing (dense) | 0.50 ± 0.02 | 0.00 ± 0.02 | 0.610 |' in text
   assert 'Stage 3 not run yet: ' in text and 'vanilla' in text.split('Stage 3 not run yet: ')[1]
-  for plot in ('memory_recall.png', 'memory_recall_training.png', 'memory_recall_reach.png'):
+  # Stage 4 (capacity): an N x k table and an accuracy-against-N plot for the rows that ran it;
+  # its seconds count in the row's train time (2 + 2 minutes).
+  capacity_text = text[text.index('## Stage 4: capacity (Memorizing (dense))'):]
+  assert '| 2 | 0.45 ± 0.03 | 0.45 ± 0.03 |' in capacity_text
+  assert '| 16 | 0.06 ± 0.03 | 0.06 ± 0.03 |' in capacity_text
+  assert '| 1234 | 0.97 ± 0.01 | 4 min |' in text
+  assert text.count('## Stage 4: capacity') == 1
+  for plot in ('memory_recall.png', 'memory_recall_training.png', 'memory_recall_reach.png',
+               'memory_recall_capacity_memorizing_dense.png'):
     assert os.path.getsize(os.path.join(out, plot)) > 1000
 
 

@@ -7,11 +7,14 @@
 #   2. <row>: warm-started from stage 1 (--init_from), the train mix of k = 0..3 windows, every
 #      episode inside one training segment (so the loss's gradient reaches every memory write);
 #   3. <row>_reach: warm-started from stage 2, N = 1 at k = 2, 4, 8 only (stage_reach.gin), so a
-#      memory that reaches far gets a training signal beyond the short-term recurrence's reach.
+#      memory that reaches far gets a training signal beyond the short-term recurrence's reach;
+#   4. <row>_capacity (rows in CAPACITY_ROWS, default "melodi"): warm-started from stage 3,
+#      N = 1, 2, 4, 8 at k = 2, 4, 8 (stage_capacity.gin): how many pairs the memory holds.
 # Stage 2 is scored on the test grid (N in {1, 4, 16} x k in {0, 1, 2, 4, 8, 16, 32, 64},
-# memory carried across segments), stage 3 on its N = 1 part; their gates and attention mass on
-# memory are measured, the row's small outputs are copied to $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them
-# without retraining), and $OUT_DIR/memory_recall.md + plots are written.
+# memory carried across segments), stage 3 on its N = 1 part, stage 4 on N = 1..16; their gates
+# and attention mass on memory are measured, the row's small outputs are copied to
+# $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them without retraining),
+# and $OUT_DIR/memory_recall.md + plots are written.
 # Resumable: finished stages, scores and measurements are skipped; an interrupted run resumes.
 #   bash launch/experiments/memory_recall.sh
 #   SMOKE=1 bash launch/experiments/memory_recall.sh          # the pipeline in minutes
@@ -25,6 +28,33 @@ EXP_DIR="$RUNS_ROOT/memory_recall"
 if [ "$SMOKE" = 1 ]; then OUT_DIR="$RUNS_ROOT/results"; SCORE_CAP=(--documents=2)
 else OUT_DIR="${OUT_DIR:-results}"; SCORE_CAP=(); fi
 SAVED="$OUT_DIR/memory_recall"
+
+# later_stage ROW NAME FROM GIN PAIRS [trainer args]: the run <ROW>_<NAME>, warm-started from the
+# run folder FROM with configs/experiments/memory_recall/GIN added, scored on the test grid's
+# cells with N in PAIRS, its gates/attention measured; small outputs to $SAVED/ROW/NAME/.
+later_stage() {
+  local row="$1" name="$2" from="$3" gin="$4" pairs="$5"; shift 5
+  local run="$EXP_DIR/${row}_$name" warm=() step usage
+  if [ "$(latest_step "$run")" -eq 0 ]; then warm=(--init_from="$from"); fi
+  train_row "${row}_$name" "experiments/memory_recall/$row.gin" \
+    --gin_file="experiments/memory_recall/$gin" "${warm[@]}" "$@"
+  step="$(latest_step "$run")"
+  local score="$run/eval/mqar_test_${step}_n${pairs//,/-}.json"
+  if [ ! -f "$score" ] || [ "$SMOKE" = 1 ]; then
+    log "${row}_$name: scoring N = $pairs of the test grid"
+    "$PYTHON" -m melodi_jax.experiments.memory_recall.score --workdir="$run" --split=test \
+      --pairs="$pairs" --force "${SCORE_CAP[@]}" 2>>"$run/eval.log" | tail -n 3
+  fi
+  usage="$run/memory_usage.json"
+  if ! grep -q "\"step\": $step," "$usage" 2>/dev/null; then
+    "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$run" --json \
+      --split=validation --batches="${MEMORY_USAGE_BATCHES:-8}" > "$usage.tmp" 2>>"$run/eval.log"
+    mv "$usage.tmp" "$usage"
+  fi
+  mkdir -p "$SAVED/$row/$name"
+  cp "$run/config.gin" "$run/train_metrics.jsonl" "$score" "$usage" "$SAVED/$row/$name/"
+  cp "$run/train_wall.jsonl" "$SAVED/$row/$name/" 2>/dev/null || true
+}
 
 if [ "${REPORT_ONLY:-0}" != 1 ]; then
   log "memory_recall: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE)"
@@ -65,27 +95,12 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
     cp "$workdir/eval/mqar_test_$step.json" "$workdir/model_stats.json" "$usage" "$SAVED/$row/"
 
     # Stage 3, reach: N = 1 at k = 2, 4, 8 from stage 2, scored on N = 1 of the test grid.
-    reach="$EXP_DIR/${row}_reach"
-    if [ "$(latest_step "$reach")" -eq 0 ]; then warm=(--init_from="$workdir"); else warm=(); fi
-    train_row "${row}_reach" "$gin" --gin_file=experiments/memory_recall/stage_reach.gin \
-      "${warm[@]}" "$@"
-    step="$(latest_step "$reach")"
-    if [ ! -f "$reach/eval/mqar_test_${step}_n1.json" ] || [ "$SMOKE" = 1 ]; then
-      log "${row}_reach: scoring N = 1 of the test grid"
-      "$PYTHON" -m melodi_jax.experiments.memory_recall.score --workdir="$reach" --split=test \
-        --pairs=1 --force "${SCORE_CAP[@]}" 2>>"$reach/eval.log" | tail -n 3
+    later_stage "$row" reach "$workdir" stage_reach.gin 1 "$@"
+    # Stage 4, capacity (CAPACITY_ROWS, default MELODI S+L): N = 1, 2, 4, 8 at k = 2, 4, 8 from
+    # stage 3, scored on N = 1..16: where the compressed memory runs out of room.
+    if [[ " ${CAPACITY_ROWS-melodi} " == *" $row "* ]]; then
+      later_stage "$row" capacity "$EXP_DIR/${row}_reach" stage_capacity.gin 1,2,4,8,16 "$@"
     fi
-    usage="$reach/memory_usage.json"
-    if ! grep -q "\"step\": $step," "$usage" 2>/dev/null; then
-      "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$reach" --json \
-        --split=validation --batches="${MEMORY_USAGE_BATCHES:-8}" > "$usage.tmp" \
-        2>>"$reach/eval.log"
-      mv "$usage.tmp" "$usage"
-    fi
-    mkdir -p "$SAVED/$row/reach"
-    cp "$reach/config.gin" "$reach/train_metrics.jsonl" "$reach/eval/mqar_test_${step}_n1.json" \
-      "$usage" "$SAVED/$row/reach/"
-    cp "$reach/train_wall.jsonl" "$SAVED/$row/reach/" 2>/dev/null || true
   done
 fi
 "$PYTHON" -m melodi_jax.experiments.memory_recall.report --saved="$SAVED" --out="$OUT_DIR" \

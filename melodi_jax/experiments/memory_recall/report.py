@@ -5,8 +5,8 @@
 
 Reads <saved>/<row>/ (mqar_test_<step>.json from score.py, model_stats.json, memory_usage.json,
 and <row>_k0/ + <row>/ with each curriculum stage's config.gin and train_metrics.jsonl; reach/
-with stage 3's N = 1 scores and gates when it ran), so the report rebuilds without the training
-folders.
+with stage 3's N = 1 scores and gates, capacity/ with stage 4's N = 1..16 scores, when they ran),
+so the report rebuilds without the training folders.
 """
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ from typing import Any, Sequence
 
 from absl import flags
 
-from melodi_jax.experiments.reporting import LABELS, git_commit, machine, pyplot, save_figure, style
+from melodi_jax.experiments.memory_recall.plots import plot, plot_capacity, plot_training
+from melodi_jax.experiments.reporting import LABELS, git_commit, machine
 from melodi_jax.train import cli
 
 
@@ -103,12 +104,14 @@ def load_row(saved: str, row: str) -> dict | None:
   return {'row': row, 'score': _read_json(scores[-1]), 'config': config_text,
           'stats': _read_json(os.path.join(folder, 'model_stats.json')),
           'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {},
-          'stages': stages, 'reach': _load_reach(os.path.join(folder, 'reach'))}
+          'stages': stages, 'reach': _load_stage(os.path.join(folder, 'reach')),
+          'capacity': _load_stage(os.path.join(folder, 'capacity'))}
 
 
-def _load_reach(folder: str) -> dict | None:
-  """Stage 3's saved outputs (N = 1 scores, gates, seconds), or None when it has not run."""
-  scores = glob.glob(os.path.join(folder, 'mqar_test_*_n1.json'))
+def _load_stage(folder: str) -> dict | None:
+  """A later stage's saved outputs (stage 3 reach/, stage 4 capacity/: its partial test grid's
+  scores, gates, seconds), or None when it has not run."""
+  scores = glob.glob(os.path.join(folder, 'mqar_test_*_n*.json'))
   if not scores:
     return None
   wall_path = os.path.join(folder, 'train_wall.jsonl')
@@ -226,45 +229,6 @@ def expectations(data: dict, chance: float) -> list[str]:
   return lines
 
 
-def plot(rows: Sequence[dict], path: str, chance: float) -> None:
-  pairs = sorted({c['pairs'] for data in rows for c in data['score']['cells']})
-  fig, axes = pyplot().subplots(1, len(pairs), figsize=(5 * len(pairs), 4), sharey=True,
-                                squeeze=False)
-  for ax, n in zip(axes[0], pairs):
-    for data in rows:
-      cells = sorted((c for c in data['score']['cells'] if c['pairs'] == n),
-                     key=lambda c: c['distance'])
-      ax.errorbar([c['distance'] for c in cells], [c['accuracy'] for c in cells],
-                  yerr=[c['standard_error'] for c in cells], capsize=2,
-                  label=LABELS.get(data['row'], data['row']), **style(data['row']))
-    ax.axhline(chance, color='gray', linestyle=':', label=f'chance ({chance:.3f})')
-    ax.set_xscale('symlog', linthresh=1)
-    distances = sorted({c['distance'] for d in rows for c in d['score']['cells']})
-    ax.set_xlim(-0.2, max(distances) * 1.3)
-    ax.set_xticks(distances)
-    ax.set_xticklabels([str(k) for k in distances])
-    ax.set_xlabel('k: windows between store and query')
-    ax.set_title(f'N = {n} pairs')
-    ax.set_ylim(-0.02, 1.02)
-  axes[0][0].set_ylabel('value accuracy (test)')
-  save_figure(fig, path, [axes[0][-1]], fontsize=7, loc='center left', bbox_to_anchor=(1.0, 0.5))
-
-
-def plot_training(rows: Sequence[dict], path: str) -> None:
-  fig, ax = pyplot().subplots(figsize=(7, 4))
-  for data in rows:
-    offset = 0
-    for stage, info in data['stages'].items():
-      steps = [m['step'] + offset for m in info['metrics']]
-      ax.plot(steps, [m['loss'] for m in info['metrics']],
-              label=LABELS.get(data['row'], data['row']) if stage == data['row'] else None,
-              color=style(data['row'])['color'], linewidth=1)
-      offset = steps[-1] if steps else offset
-  ax.set_xlabel('step (stage 1, k = 0, then stage 2)')
-  ax.set_ylabel('train loss on the query values (nats)')
-  save_figure(fig, path, [ax], fontsize=7)
-
-
 def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
   loaded = [data for data in (load_row(saved, row) for row in rows) if data]
   missing = [row for row in rows if row not in {d['row'] for d in loaded}]
@@ -314,8 +278,8 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     by = {(c['pairs'], c['distance']): c for c in data['score']['cells']}
     k0 = by.get((4, 0))
     k0_text = f'{k0["accuracy"]:.2f} ± {k0["standard_error"]:.2f}' if k0 else 'n/a'
-    seconds = sum(s['seconds'] for s in data['stages'].values()) + (
-        data['reach']['seconds'] if data['reach'] else 0.0)
+    seconds = sum(s['seconds'] for s in data['stages'].values()) + sum(
+        data[stage]['seconds'] for stage in ('reach', 'capacity') if data[stage])
     floats = data['stats'].get('memory_floats_per_lane', {})
     floats = floats.get('floats') if isinstance(floats, dict) else floats
     text.append(f'| {LABELS.get(data["row"], data["row"])} | {note} | '
@@ -346,6 +310,19 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     pending = [LABELS.get(d['row'], d['row']) for d in loaded if not d['reach']]
     text += [''] + ([f'Stage 3 not run yet: {", ".join(pending)}.', ''] if pending else [])
     text += ['![N = 1 after stage 3](memory_recall_reach.png)', '']
+  for data in (data for data in loaded if data['capacity']):
+    label, cells = LABELS.get(data['row'], data['row']), data['capacity']['score']['cells']
+    png = f'memory_recall_capacity_{data["row"]}.png'
+    plot_capacity(data, cells, os.path.join(out, png), chance)
+    text += [f'## Stage 4: capacity ({label})', '',
+             'From stage 3, 300 more steps of N = 1, 2, 4 or 8 pairs asked k = 2, 4 or 8 windows '
+             'later (`configs/experiments/memory_recall/stage_capacity.gin`), scored on N = 1..16 '
+             'of the test grid: how many pairs the memory holds, and how far.', '']
+    text += _cell_table({'score': data['capacity']['score']})
+    gates = data['capacity']['usage'].get('gates', {})
+    text += ['', 'Weight on memory: ' + ('; '.join(f'{name} {g["memory_weight"]:.3f}'
+                                                   for name, g in gates.items()) or 'none') + '.',
+             '', f'![capacity]({png})', '']
   for data in loaded:
     text += [f'## {LABELS.get(data["row"], data["row"])}', '',
              f'Reach: {reach(data["config"])[0]}. Step {data["score"]["step"]}.', '']
