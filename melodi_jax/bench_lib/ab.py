@@ -16,26 +16,22 @@ tree is faster); --json prints all of it as JSON.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import statistics
 import subprocess
 import sys
-import tempfile
-from typing import Iterator, Sequence
+from typing import Sequence
 
 from absl import flags
 
+from melodi_jax.bench_lib import worktree
+from melodi_jax.bench_lib.worktree import REPO, checkout
 from melodi_jax.train import cli
 
-flags.DEFINE_string('against', None, 'git revision to compare the working tree with (commit, '
-                    'tag or branch)')
+worktree.define_against_flag()
 flags.DEFINE_integer('pairs', 3, 'alternating pairs of benchmark runs (>= 1)')
 cli.define_json_flag()
-
-REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
 
 def run_order(pairs: int) -> list[tuple[str, str]]:
   """The sides of each pair in the order they run: A B, B A, A B, ..."""
@@ -46,24 +42,6 @@ def speedups(results: list[dict]) -> list[float]:
   """Per pair: CPU-s per train step of --against / that of this tree."""
   return [r['against']['train']['cpu_median_s'] / r['tree']['train']['cpu_median_s']
           for r in results]
-
-
-@contextlib.contextmanager
-def checkout(revision: str) -> Iterator[str]:
-  """A temporary detached git worktree of `revision`, removed on the way out."""
-  parsed = subprocess.run(['git', '-C', REPO, 'rev-parse', '--verify', '--quiet',
-                           f'{revision}^{{commit}}'], capture_output=True, text=True)
-  if parsed.returncode != 0:
-    raise cli.UserError(f'--against={revision}: not a commit of {REPO}; give a commit, tag or '
-                        'branch (git log --oneline)')
-  path = tempfile.mkdtemp(prefix='melodi_jax_ab_')
-  subprocess.run(['git', '-C', REPO, 'worktree', 'add', '--detach', '--force', path,
-                  parsed.stdout.strip()], check=True, capture_output=True)
-  try:
-    yield path
-  finally:
-    subprocess.run(['git', '-C', REPO, 'worktree', 'remove', '--force', path],
-                   capture_output=True)
 
 
 def bench(tree: str, bench_args: Sequence[str]) -> dict:
