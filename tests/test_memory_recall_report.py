@@ -84,6 +84,8 @@ def test_report_from_saved_rows(tmp_path):
   capacity_text = text[text.index('## Stage 4: capacity (Memorizing (dense))'):]
   assert '| 2 | 0.45 ± 0.03 | 0.45 ± 0.03 |' in capacity_text
   assert '| 16 | 0.06 ± 0.03 | 0.06 ± 0.03 |' in capacity_text
+  assert ('Pairs recalled per episode (N x accuracy, mean over k = 1..32): N = 1: 0.90, '
+          'N = 2: 0.90') in capacity_text
   assert '| 1234 | 0.97 ± 0.01 | 4 min |' in text
   assert text.count('## Stage 4: capacity') == 1
   for plot in ('memory_recall.png', 'memory_recall_training.png', 'memory_recall_reach.png',

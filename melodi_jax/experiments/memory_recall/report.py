@@ -164,6 +164,21 @@ def by_windows_back(data: dict) -> dict[int, tuple[float, int]]:
   return {back: (hits / count, int(count)) for back, (hits, count) in sorted(pooled.items())}
 
 
+def fifo_span(config_text: str, default: int = 32) -> int:
+  """How many windows back the long-term FIFO reaches (reach()'s long-term part)."""
+  match = re.search(r'= the last (\d+) windows', reach(config_text)[0])
+  return int(match.group(1)) if match else default
+
+
+def pairs_recalled(cells: Sequence[dict], span: int) -> dict[int, float]:
+  """Per N: N x accuracy (pairs recalled per episode), averaged over k = 1 .. span."""
+  by_n = {}
+  for c in cells:
+    if 1 <= c['distance'] <= span:
+      by_n.setdefault(c['pairs'], []).append(c['pairs'] * c['accuracy'])
+  return {n: sum(v) / len(v) for n, v in sorted(by_n.items())}
+
+
 def _above_chance(cell: dict, chance: float) -> bool:
   return cell['accuracy'] > chance + 3 * cell['standard_error']
 
@@ -213,9 +228,7 @@ def expectations(data: dict, chance: float) -> list[str]:
             all(c['accuracy'] >= 0.9 for c in inside),
             f'lowest {worst["accuracy"]:.3f} at N = {worst["pairs"]}, k = {worst["distance"]}')
   if row == 'melodi':
-    span = 32  # the long-term FIFO's windows (reach() of the long-term part)
-    match = re.search(r'= the last (\d+) windows', reach(data['config'])[0])
-    span = int(match.group(1)) if match else span
+    span = fifo_span(data['config'])
     stage = 'after stage 3' if data.get('reach') else 'after stage 2'
     source = data['reach']['score']['cells'] if data.get('reach') else cells
     inside = [c for c in source if c['pairs'] == 1 and 1 <= c['distance'] <= span]
@@ -319,6 +332,9 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
              'later (`configs/experiments/memory_recall/stage_capacity.gin`), scored on N = 1..16 '
              'of the test grid: how many pairs the memory holds, and how far.', '']
     text += _cell_table({'score': data['capacity']['score']})
+    span = fifo_span(data['config'])
+    text += ['', f'Pairs recalled per episode (N x accuracy, mean over k = 1..{span}): ' + ', '.join(
+        f'N = {n}: {v:.2f}' for n, v in pairs_recalled(cells, span).items()) + '.']
     gates = data['capacity']['usage'].get('gates', {})
     text += ['', 'Weight on memory: ' + ('; '.join(f'{name} {g["memory_weight"]:.3f}'
                                                    for name, g in gates.items()) or 'none') + '.',
