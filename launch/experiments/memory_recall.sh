@@ -27,7 +27,24 @@ read -r -a ROWS <<< "${MODELS:-${ALL_ROWS[*]}}"
 EXP_DIR="$RUNS_ROOT/memory_recall"
 if [ "$SMOKE" = 1 ]; then OUT_DIR="$RUNS_ROOT/results"; SCORE_CAP=(--documents=2)
 else OUT_DIR="${OUT_DIR:-results}"; SCORE_CAP=(); fi
+RETRIEVAL_ROWS=(memlong)   # rows whose retrieval of the store's chunk is measured (retrieval_hits)
 SAVED="$OUT_DIR/memory_recall"
+
+# retrieval_hits ROW RUN DEST: for a retrieval row, how often the query's window retrieves the
+# store's chunk, per k (N = 1), saved to DEST/retrieval_hits.json.
+retrieval_hits() {
+  local row="$1" run="$2" dest="$3" step out
+  [[ " ${RETRIEVAL_ROWS[*]} " == *" $row "* ]] || return 0
+  step="$(latest_step "$run")"
+  out="$run/eval/retrieval_hits_$step.json"
+  if [ ! -f "$out" ] || [ "$SMOKE" = 1 ]; then
+    log "$(basename "$run"): does the query's window retrieve the store's chunk"
+    "$PYTHON" -m melodi_jax.experiments.memory_recall.retrieval_hits --workdir="$run" --json \
+      "${SCORE_CAP[@]}" > "$out.tmp" 2>>"$run/eval.log"
+    mv "$out.tmp" "$out"
+  fi
+  cp "$out" "$dest/retrieval_hits.json"
+}
 
 # later_stage ROW NAME FROM GIN PAIRS [trainer args]: the run <ROW>_<NAME>, warm-started from the
 # run folder FROM with configs/experiments/memory_recall/GIN added, scored on the test grid's
@@ -54,6 +71,7 @@ later_stage() {
   mkdir -p "$SAVED/$row/$name"
   cp "$run/config.gin" "$run/train_metrics.jsonl" "$score" "$usage" "$SAVED/$row/$name/"
   cp "$run/train_wall.jsonl" "$SAVED/$row/$name/" 2>/dev/null || true
+  retrieval_hits "$row" "$run" "$SAVED/$row/$name"
 }
 
 if [ "${REPORT_ONLY:-0}" != 1 ]; then
@@ -93,6 +111,7 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
       cp "$EXP_DIR/$stage"/eval/mqar_bytes_validation_*.json "$SAVED/$row/$stage/" 2>/dev/null || true
     done
     cp "$workdir/eval/mqar_test_$step.json" "$workdir/model_stats.json" "$usage" "$SAVED/$row/"
+    retrieval_hits "$row" "$workdir" "$SAVED/$row"
 
     # Stage 3, reach: N = 1 at k = 2, 4, 8 from stage 2, scored on N = 1 of the test grid.
     later_stage "$row" reach "$workdir" stage_reach.gin 1 "$@"

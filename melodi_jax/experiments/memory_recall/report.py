@@ -105,6 +105,7 @@ def load_row(saved: str, row: str) -> dict | None:
           'stats': _read_json(os.path.join(folder, 'model_stats.json')),
           'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {},
           'stages': stages, 'reach': _load_stage(os.path.join(folder, 'reach')),
+          'retrieval': _optional_json(os.path.join(folder, 'retrieval_hits.json')),
           'capacity': _load_stage(os.path.join(folder, 'capacity'))}
 
 
@@ -121,7 +122,28 @@ def _load_stage(folder: str) -> dict | None:
       seconds = sum(json.loads(line)['seconds'] for line in f if line.strip())
   usage_path = os.path.join(folder, 'memory_usage.json')
   return {'score': _read_json(scores[0]), 'seconds': seconds,
-          'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {}}
+          'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {},
+          'retrieval': _optional_json(os.path.join(folder, 'retrieval_hits.json'))}
+
+
+def _optional_json(path: str) -> dict | None:
+  return _read_json(path) if os.path.isfile(path) else None
+
+
+def retrieval_table(hits: dict) -> list[str]:
+  """The retrieval_hits diagnostic (MemLong: is the store's chunk retrieved at the query?)."""
+  def fmt(x):
+    return '—' if x is None else f'{x:.2f}'
+  lines = [f'N = {hits["pairs"]}, top-{hits["top_k"]} of {hits["chunks"]} chunks, '
+           f'{hits["rows"][0]["documents"] if hits["rows"] else 0} episodes per k '
+           '(`python -m melodi_jax.experiments.memory_recall.retrieval_hits`):', '',
+           '| k | chunks to choose from | store chunk retrieved | at random | recall | '
+           'recall when retrieved | when not |', '|---|---|---|---|---|---|---|']
+  for row in hits['rows']:
+    lines.append(f'| {row["distance"]} | {row["candidates"]} | {row["hit_rate"]:.2f} | '
+                 f'{row["random_hit_rate"]:.2f} | {row["recall"]:.2f} | '
+                 f'{fmt(row["recall_when_retrieved"])} | {fmt(row["recall_when_missed"])} |')
+  return lines
 
 
 def _cell_table(data: dict) -> list[str]:
@@ -349,6 +371,11 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
                  f'{b}: {acc:.2f} ({count})' for b, (acc, count) in back.items()) + '.', '']
     text += expectations(data, chance)
     text += ['', _usage_text(data['usage']), '']
+    for stage, hits in (('stage 2', data.get('retrieval')),
+                        ('stage 3', (data.get('reach') or {}).get('retrieval'))):
+      if hits:
+        text += [f'Retrieval of the store\'s chunk by the query\'s window ({stage}): '] + [
+            ''] + retrieval_table(hits) + ['']
   path = os.path.join(out, 'memory_recall.md')
   with open(path + '.tmp', 'w', encoding='utf-8') as f:
     f.write('\n'.join(text) + '\n')
