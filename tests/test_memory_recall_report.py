@@ -63,10 +63,12 @@ def test_report_from_saved_rows(tmp_path):
   # A retrieval row's diagnostic (retrieval_hits.json) is printed under the row, per stage.
   _write(os.path.join(saved, 'memorizing_dense', 'reach', 'retrieval_hits.json'),
          {'pairs': 1, 'top_k': 4, 'chunks': 32, 'rows': [
-             {'distance': 8, 'documents': 16, 'candidates': 7, 'hit_rate': 0.25,
+             {'distance': 8, 'documents': 16, 'candidates': 7, 'indexed_rate': 1.0,
+              'hit_rate': 0.25,
               'random_hit_rate': 4 / 7, 'recall': 0.3, 'recall_when_retrieved': 0.9,
               'recall_when_missed': 0.1},
-             {'distance': 1, 'documents': 16, 'candidates': 0, 'hit_rate': 0.0,
+             {'distance': 1, 'documents': 16, 'candidates': 0, 'indexed_rate': 1.0,
+              'hit_rate': 0.0,
               'random_hit_rate': 0.0, 'recall': 0.5, 'recall_when_retrieved': None,
               'recall_when_missed': 0.5}]})
   path = report.write(saved, out, ['vanilla', 'memorizing_dense', 'transformer_xl', 'melodi'],
@@ -98,8 +100,8 @@ def test_report_from_saved_rows(tmp_path):
   assert '| 1234 | 0.97 ± 0.01 | 4 min |' in text
   assert text.count('## Stage 4: capacity') == 1
   assert "Retrieval of the store's chunk by the query's window (stage 3)" in text
-  assert '| 8 | 7 | 0.25 | 0.57 | 0.30 | 0.90 | 0.10 |' in text
-  assert '| 1 | 0 | 0.00 | 0.00 | 0.50 | — | 0.50 |' in text
+  assert '| 8 | 7 | 1.00 | 0.25 | 0.57 | 0.30 | 0.90 | 0.10 |' in text
+  assert '| 1 | 0 | 1.00 | 0.00 | 0.00 | 0.50 | — | 0.50 |' in text
   assert text.count("Retrieval of the store's chunk") == 1   # no stage-2 file: no stage-2 table
   for plot in ('memory_recall.png', 'memory_recall_training.png', 'memory_recall_reach.png',
                'memory_recall_capacity_memorizing_dense.png'):

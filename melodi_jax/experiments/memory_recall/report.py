@@ -137,10 +137,11 @@ def retrieval_table(hits: dict) -> list[str]:
   lines = [f'N = {hits["pairs"]}, top-{hits["top_k"]} of {hits["chunks"]} chunks, '
            f'{hits["rows"][0]["documents"] if hits["rows"] else 0} episodes per k '
            '(`python -m melodi_jax.experiments.memory_recall.retrieval_hits`):', '',
-           '| k | chunks to choose from | store chunk retrieved | at random | recall | '
-           'recall when retrieved | when not |', '|---|---|---|---|---|---|---|']
+           '| k | chunks to choose from | store chunk in the index | retrieved | at random | '
+           'recall | recall when retrieved | when not |', '|---|---|---|---|---|---|---|---|']
   for row in hits['rows']:
-    lines.append(f'| {row["distance"]} | {row["candidates"]} | {row["hit_rate"]:.2f} | '
+    lines.append(f'| {row["distance"]} | {row["candidates"]} | '
+                 f'{fmt(row.get("indexed_rate"))} | {row["hit_rate"]:.2f} | '
                  f'{row["random_hit_rate"]:.2f} | {row["recall"]:.2f} | '
                  f'{fmt(row["recall_when_retrieved"])} | {fmt(row["recall_when_missed"])} |')
   return lines

@@ -9,7 +9,8 @@ later: the model reads windows 0..k-1 with its memory carried, then the query's 
 window's retrieval is a function of the index before it (`retrieval.retrieve`: the top-k chunks
 most similar to the newest chunk, the window just before the query's, never the newest itself),
 so it is recomputed from the carried index exactly as the model does it. Per k:
-- hit rate: how often the store's chunk (window 0) is among the retrieved;
+- how often the store's chunk (window 0) is still in the index (a full index evicts the chunk
+  retrieved least often), and how often it is among the retrieved (hit rate);
 - the hit rate of a retrieval that ignores similarity (top_k of the candidates at random), and how
   many chunks compete (k - 1 while the index holds every past window);
 - recall (the score's argmax rule) over all queries, over the queries whose window retrieved the
@@ -88,7 +89,7 @@ def main(argv: Sequence[str]) -> None:
     tokens = np.stack([np.pad(t, (0, max(0, span - len(t))),
                               constant_values=mqar.FILLER_FIRST)[:span]
                        for t, _ in episodes]).astype(np.int32)
-    hit, recalled = [], []
+    hit, indexed, recalled = [], [], []
     for start in range(0, len(tokens), batch):
       chunk = tokens[start:start + batch]
       lanes = len(chunk)
@@ -101,6 +102,7 @@ def main(argv: Sequence[str]) -> None:
       store_slot = np.where(index['valid'] & (index['written_at'] == 0), 1, 0).argmax(1)
       stored = (index['valid'] & (index['written_at'] == 0)).any(1)
       hit.extend(stored & ((chosen == store_slot[:, None]) & found).any(1))
+      indexed.extend(stored)
       predictions = np.asarray(logits).argmax(-1)
       for lane in range(lanes):
         episode = episodes[start + lane][1]
@@ -110,6 +112,7 @@ def main(argv: Sequence[str]) -> None:
     candidates = min(k, stack.chunks) - 1
     rows.append({
         'distance': k, 'documents': len(hit), 'candidates': candidates,
+        'indexed_rate': float(np.mean(indexed)),   # the store's chunk not yet evicted
         'hit_rate': float(hit.mean()),
         'random_hit_rate': random_hit_rate(candidates, stack.top_k) if candidates else 0.0,
         'recall': float(recalled.mean()),
