@@ -13,6 +13,7 @@ from melodi_jax.train import config, evaluator, inputs, partitioning, positions
 from melodi_jax.errors import UserError
 
 import test_train_support as support
+import zoo
 
 
 def _positional_documents(lengths, period):
@@ -60,7 +61,9 @@ def _tiny_evaluator(stream_factory, spec, boundaries):
                       jnp.ones((spec.batch_size, windows), bool))['params']
 
   boxed = jax.eval_shape(init, jax.random.key(0))
-  params = nn.meta.unbox(jax.jit(init)(jax.random.key(1)))
+  # The zoo's MELODI parameters at these paths (its initialisation is compiled once for every
+  # test; any parameters do here).
+  params = zoo.fill_from('melodi', {'params': nn.meta.unbox(boxed)})['params']
   sharding = partitioning.logical_shardings(boxed, mesh, partitioning.default_rules())
   runner = evaluator.Evaluator(model, mesh, sharding, spec, stream_factory=stream_factory,
                                position_buckets=boundaries)

@@ -183,6 +183,7 @@ def test_copy_probe_batches_are_periodic_and_a_tiny_run_reports_its_curve(tmp_pa
   out = tmp_path / 'probe.json'
   command = [sys.executable, '-m', 'melodi_jax.experiments.copy_probe',
              '--gin_file=models/transformer_xl.gin', '--gin_file=sizes/tiny.gin',
+             '--gin_bindings=ModelConfig.num_layers = 1',  # (the run compiles a train step)
              '--gin_bindings=TrainConfig.batch_size = 2',
              '--gin_bindings=TrainConfig.segment_length = 32', '--log_every=1']
   for wrong in ('--steps=0', '--log_every=0'):

@@ -72,7 +72,7 @@ def test_sampling_is_seeded_and_greedy_follows_the_stream():
   decoder = decoding.Decoder(model, variables['params'])
   prompt = zoo.random_tokens(1, 3, seed=13)   # shorter than a window
   state = decoder.prefill(decoder.start(1), prompt)
-  count = 2 * w + 1
+  count = 2 * w + 2  # 5, 8 and 5 tokens in three windows: two programs per temperature
   first, _ = decoder.generate(state, count, jax.random.key(1), temperature=1.0)
   again, _ = decoder.generate(state, count, jax.random.key(1), temperature=1.0)
   other, _ = decoder.generate(state, count, jax.random.key(2), temperature=1.0)

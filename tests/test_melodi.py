@@ -32,7 +32,9 @@ def _gradient_from_first_window(name: str) -> float:
   return float(jnp.abs(grads['embed']['embedding'][200:208]).max())
 
 
-@pytest.mark.parametrize('name', ['melodi', 'melodi_short_only', 'melodi_long_only'])
+# S+L only: the short-term-only and long-term-only ablations are held to more by
+# test_memory_reach.py's gradient probe (window 0 -> window 3 and window 5, lanes apart).
+@pytest.mark.parametrize('name', ['melodi'])
 def test_memory_carries_gradient_across_windows(name):
   assert _gradient_from_first_window(name) > 0.0
 

@@ -131,7 +131,9 @@ def test_dropout_only_in_training(name):
   args = (variables, tokens, model.init_memory(BATCH), zoo.doc_starts(BATCH, WINDOWS))
   apply = jax.jit(model.apply, static_argnames='train')
   a, _ = apply(*args)
-  c, _ = apply(*args, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
+  # An 'rbg' key (XLA's random bit generator): the masks compile in half the time threefry's take,
+  # and which units drop is not what is checked here.
+  c, _ = apply(*args, train=True, rngs={'dropout': jax.random.key(0, impl='rbg')})
   assert not np.allclose(a, c)
 
 
@@ -171,7 +173,10 @@ def test_remat_gives_the_same_loss_gradients_and_memory(name):
                                 doc_start, train=True, rngs={'dropout': jax.random.PRNGKey(0)})
       carried = sum(jnp.sum(jnp.sin(leaf.astype(jnp.float32))) for leaf in _float_leaves(new))
       return jnp.mean(jax.nn.log_softmax(logits)[..., 7]) + 1e-3 * carried, new
-    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True))
+    # LLVM at -O0, both sides alike (a test-only program; compiling it at the default level
+    # takes twice as long, as in test_every_parameter_learns.py).
+    return jax.jit(jax.value_and_grad(fn, argnums=(0, 1), has_aux=True),
+                   compiler_options={'xla_backend_optimization_level': 0})
 
   memory_floats = [leaves[i] for i in floating]
   (want, want_memory), want_grads = loss(plain)(variables, memory_floats)

@@ -220,71 +220,30 @@ def _lane_kwargs(spec):
 def test_two_processes_compute_what_one_process_computes(tmp_path, data_dir):
   """2 x 2 devices == 1 x 4 devices: losses, parameters, eval numbers; the lanes split between
   the processes; checkpoints move between process counts both ways; SIGTERM to one process
-  stops both at one step and the rerun resumes exactly; a killed process stops the other.
+  stops both at one step, whose checkpoint resumes exactly; a killed process stops the other.
 
-  One test, four launches: each launch costs two JAX start-ups and compiles."""
+  One test, three launches: each launch costs two JAX start-ups and compiles."""
   del data_dir
   one = tmp_path / 'one_process'
+  # A checkpoint every step: the 2-process runs are held against the step they stop at.
   reference = _train_in_process(one, f'TrainConfig.num_steps = {REFERENCE_STEPS}',
-                                'TrainConfig.eval_every = 6')
+                                'TrainConfig.checkpoint_every = 1')
+  # Its evaluation at step 4, from a 4-step run (every evaluation reads the whole validation
+  # split: the long run has none; the short one reuses its compiled steps).
+  evaluated = tmp_path / 'one_process_4_steps'
+  assert _train_in_process(evaluated, 'TrainConfig.num_steps = 4', 'TrainConfig.eval_every = 4'
+                           ) == {step: reference[step] for step in range(1, 5)}
 
-  # ---- From scratch: the same losses, parameters and eval numbers as one process.
+  # ---- From scratch: the same losses and parameters as one process, until SIGTERM to one of
+  # them: both save the step they agree on and exit 0. No other checkpoint: none is due before
+  # step 1000.
   two = tmp_path / 'two_processes'
-  with _stopped(_launch(two, tmp_path / 'two.log', 'TrainConfig.num_steps = 6',
-                        'TrainConfig.eval_every = 6')) as process:
-    output = _finish(process)
-  assert process.returncode == 0, output[-5000:]
-  _assert_close_losses(_losses(two), reference, range(1, 7), '2 processes from scratch')
-  _assert_close_params(_params(two, 6), _params(one, 6), '2 processes from scratch')
-
-  # Each process reads disjoint lanes, together the lanes of one process (the losses above are
-  # means over all of them), and both hold the same global lane state, saved once.
-  assert 'process 0/2 reads lanes [0, 4) of 8 (synthetic_bytes/train)' in output, output[-5000:]
-  assert 'process 1/2 reads lanes [4, 8) of 8 (synthetic_bytes/train)' in output
-  for step in (2, 4, 6):
-    assert _progress(two, step)['lane_state'] == _progress(one, step)['lane_state'], step
-  # orbax wrote one checkpoint per step (no per-process copies, nothing left half-written).
-  assert sorted(os.listdir(two / 'checkpoints')) == ['2', '4', '6']
-
-  # The evaluation protocol under 2 processes gives the numbers of 1 process: in training,
-  # then through `python -m melodi_jax.evaluate --multiprocess` (written over the same file).
-  name = 'synthetic_bytes_validation_6.json'
-  with open(one / 'eval' / name, encoding='utf-8') as f:
-    want = json.load(f)
-  assert want['complete'] and want['documents'] > 0
-  for evaluation in ('train', 'evaluate'):
-    if evaluation == 'evaluate':
-      os.remove(two / 'eval' / name)
-      with _stopped(_launch(two, tmp_path / 'evaluate.log', module='evaluate',
-                            flags=['--split=validation'])) as process:
-        output = _finish(process)
-      assert process.returncode == 0, output[-5000:]
-    with open(two / 'eval' / name, encoding='utf-8') as f:
-      got = json.load(f)
-    for key in ('tokens', 'bytes', 'documents', 'batches', 'complete'):
-      assert got[key] == want[key], (evaluation, key, got[key], want[key])
-    for key in ('nats_per_token', 'bits_per_byte'):
-      np.testing.assert_allclose(got[key], want[key], rtol=2e-5, err_msg=(evaluation, key))
-
-  # ---- A checkpoint written by 2 processes continues in 1 exactly as the 2 processes did.
-  resumed = tmp_path / 'two_then_one'
-  _copy_checkpoint(two, 4, resumed)
-  _assert_close_losses(_train_in_process(resumed, 'TrainConfig.num_steps = 6'), _losses(two),
-                       (5, 6), '2-process checkpoint resumed in 1 process')
-  _assert_close_params(_params(resumed, 6), _params(two, 6),
-                       '2-process checkpoint resumed in 1 process')
-
-  # ---- One written by 1 process continues in 2 as the 1 process did, until SIGTERM to one of
-  # them: both save the step they agree on and exit 0. Checkpoints only then or at the end.
-  run = tmp_path / 'one_then_two'
-  _copy_checkpoint(one, 2, run)
   bindings = ('TrainConfig.num_steps = 1000', 'TrainConfig.checkpoint_every = 1000')
-  with _stopped(_launch(run, tmp_path / 'preempted.log', *bindings)) as process:
-    _wait_for_step(run, 3, process)
-    os.kill(_pid(run, 1), signal.SIGTERM)
+  with _stopped(_launch(two, tmp_path / 'two.log', *bindings)) as process:
+    _wait_for_step(two, 3, process)
+    os.kill(_pid(two, 1), signal.SIGTERM)
     output = _finish(process)
   assert process.returncode == 0, output[-5000:]
-  assert 'resumed from step 2' in output, output[-5000:]
   stops = {line[:4]: line.rsplit('after step ', 1)[1].split(';')[0]
            for line in output.splitlines()
            if 'stopped by a preemption notice after step' in line}
@@ -292,28 +251,75 @@ def test_two_processes_compute_what_one_process_computes(tmp_path, data_dir):
                                                                            output[-5000:])
   stop_step = int(stops['[p0]'])
   assert stop_step + 2 <= REFERENCE_STEPS, f'stopped late, at step {stop_step}'
-  assert sorted(os.listdir(run / 'checkpoints')) == sorted(['2', str(stop_step)])
-  assert max(_losses(run)) == stop_step
-  _assert_close_losses(_losses(run), reference, range(3, stop_step + 1),
-                       '1-process checkpoint resumed in 2 processes')
+  assert max(_losses(two)) == stop_step
+  _assert_close_losses(_losses(two), reference, range(1, stop_step + 1),
+                       '2 processes from scratch')
+  _assert_close_params(_params(two, stop_step), _params(one, stop_step),
+                       '2 processes from scratch')
 
-  # ---- The rerun resumes there and goes on as one process would; then one process is
-  # killed outright, and the other stops with an error instead of waiting for it.
-  with _stopped(_launch(run, tmp_path / 'rerun.log', *bindings)) as process:
-    _wait_for_step(run, stop_step + 2, process)
-    assert f'resumed from step {stop_step}' in _output(process)
+  # Each process reads disjoint lanes, together the lanes of one process (the losses above are
+  # means over all of them), and both hold the same global lane state, saved once.
+  assert 'process 0/2 reads lanes [0, 4) of 8 (synthetic_bytes/train)' in output, output[-5000:]
+  assert 'process 1/2 reads lanes [4, 8) of 8 (synthetic_bytes/train)' in output
+  assert _progress(two, stop_step)['lane_state'] == _progress(one, stop_step)['lane_state']
+  # orbax wrote one checkpoint, at the agreed step (no per-process copies, nothing left
+  # half-written).
+  assert sorted(os.listdir(two / 'checkpoints')) == [str(stop_step)]
+
+  # ---- The checkpoint the 2 processes saved at SIGTERM continues in 1 process exactly as the
+  # 1-process run did.
+  resumed = tmp_path / 'two_then_one'
+  _copy_checkpoint(two, stop_step, resumed)
+  _assert_close_losses(_train_in_process(resumed, f'TrainConfig.num_steps = {stop_step + 2}'),
+                       reference, (stop_step + 1, stop_step + 2),
+                       '2-process checkpoint resumed in 1 process')
+  _assert_close_params(_params(resumed, stop_step + 2), _params(one, stop_step + 2),
+                       '2-process checkpoint resumed in 1 process')
+
+  # ---- One written by 1 process continues in 2 as the 1 process did, evaluating at step 4;
+  # then one process is killed outright, and the other stops with an error instead of waiting
+  # for it.
+  run = tmp_path / 'one_then_two'
+  _copy_checkpoint(one, 2, run)
+  with _stopped(_launch(run, tmp_path / 'killed.log', *bindings,
+                        'TrainConfig.eval_every = 4')) as process:
+    _wait_for_step(run, 5, process)  # (the evaluation at step 4 is written before step 5)
+    assert 'resumed from step 2' in _output(process), _tail(process)
     os.kill(_pid(run, 1), signal.SIGKILL)
     killed = time.time()
     output = _finish(process, timeout=HEARTBEAT + 90)
     waited = time.time() - killed
-  _assert_close_losses(_losses(run), reference, (stop_step + 1, stop_step + 2),
-                       'the rerun after SIGTERM')
+  _assert_close_losses(_losses(run), reference, (3, 4, 5),
+                       '1-process checkpoint resumed in 2 processes')
   assert process.returncode != 0, output[-5000:]
   assert 'process 1 exited with status 137' in output, output[-5000:]
   p0 = '\n'.join(line for line in output.splitlines() if line.startswith('[p0]'))
   assert _names_a_dead_process(p0), p0[-5000:]
   assert 'process 0 exited with status' in output, output[-5000:]
   assert waited < HEARTBEAT + 90, waited
+
+  # The evaluation protocol under 2 processes gives the numbers of 1 process: in training (step
+  # 4 above), and through `python -m melodi_jax.evaluate --multiprocess` on the 4-step
+  # 1-process run's checkpoint (written over that run's own result).
+  name = 'synthetic_bytes_validation_4.json'
+  with open(evaluated / 'eval' / name, encoding='utf-8') as f:
+    want = json.load(f)
+  assert want['complete'] and want['documents'] > 0
+  for evaluation in ('train', 'evaluate'):
+    workdir = run
+    if evaluation == 'evaluate':
+      workdir = evaluated
+      os.remove(evaluated / 'eval' / name)
+      with _stopped(_launch(evaluated, tmp_path / 'evaluate.log', module='evaluate',
+                            flags=['--split=validation'])) as process:
+        output = _finish(process)
+      assert process.returncode == 0, output[-5000:]
+    with open(workdir / 'eval' / name, encoding='utf-8') as f:
+      got = json.load(f)
+    for key in ('tokens', 'bytes', 'documents', 'batches', 'complete'):
+      assert got[key] == want[key], (evaluation, key, got[key], want[key])
+    for key in ('nats_per_token', 'bits_per_byte'):
+      np.testing.assert_allclose(got[key], want[key], rtol=2e-5, err_msg=(evaluation, key))
 
 
 def _spawn_probe(tmp_path, *flags, processes=2):

@@ -1,5 +1,8 @@
 """Exact resume through the command line: a run stopped by SIGTERM and restarted from its workdir
-computes bit-identical losses to a run that was never stopped (memory and lanes restored)."""
+computes bit-identical losses to a run that was never stopped (memory and lanes restored).
+
+All three runs are the same command, so the two after the first load its compiled programs from
+the session's compilation cache (tests/conftest.py) instead of compiling them again."""
 import os
 import signal
 import subprocess
@@ -24,14 +27,18 @@ def _wait_for_step(path, step, process, timeout=120):
 
 
 @pytest.mark.slow
-def test_sigterm_then_restart_continues_bit_identically(tmp_path, monkeypatch):
-  monkeypatch.setenv('MELODI_DATA_DIR', str(tmp_path / 'data'))
-  straight = support.run_training(
-      tmp_path / 'straight', stream_factory=None, num_steps=STEPS, task='synthetic_bytes')
+def test_sigterm_then_restart_continues_bit_identically(tmp_path):
+  env = support.cli_env(tmp_path / 'data')
+  steps = f'--gin_bindings=TrainConfig.num_steps={STEPS}'
+  straight_dir = tmp_path / 'straight'
+  never_stopped = subprocess.run(support.cli_command('train', straight_dir, steps), env=env,
+                                 capture_output=True, text=True, timeout=300)
+  assert never_stopped.returncode == 0, never_stopped.stderr[-3000:]
+  straight = support.read_losses(straight_dir)
+  assert sorted(straight) == list(range(1, STEPS + 1))
 
   workdir = tmp_path / 'stopped'
-  command = support.cli_command('train', workdir, f'--gin_bindings=TrainConfig.num_steps={STEPS}')
-  env = support.cli_env(tmp_path / 'data')
+  command = support.cli_command('train', workdir, steps)
   with open(tmp_path / 'stopped.log', 'w') as log:
     process = subprocess.Popen(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     _wait_for_step(workdir / 'train_metrics.jsonl', 3, process)
