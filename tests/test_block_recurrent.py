@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 
 import zoo
+from melodi_jax.layers.attention import Attention, KeyGroup
 from melodi_jax.memory import recurrent
 
 BATCH = 2
@@ -59,7 +60,22 @@ def test_closed_gates_keep_the_state_across_a_window_and_document_start_uses_lea
   assert not np.allclose(states[0], learned) and not np.allclose(states[1], carried[1])
 
 
+def test_self_weight_init_sets_the_gate_between_self_attention_and_states():
+  """BlockRecurrentStack.self_weight_init = g: the recurrent layer's gate starts at g on
+  self-attention (1 - g on the states) in every head-channel."""
+  options = recurrent.RecurrentStates(8, self_weight_init=0.9).attention_options()
+  attention = Attention(16, 2, 8, **options)
+  x = jnp.ones((1, 4, 16))
+  states = KeyGroup(jnp.ones((1, 3, 2, 8)), jnp.ones((1, 3, 2, 8)))
+  params = attention.init(jax.random.PRNGKey(0), x, np.arange(4), cross=states)['params']
+  np.testing.assert_allclose(jax.nn.sigmoid(params['gate_logit']), np.full((2, 8), 0.9),
+                             rtol=1e-6)
+  even = recurrent.RecurrentStates(8).attention_options()
+  assert even == {'cross_gate': True, 'gate_logit_init': 0.0}
+
+
 @pytest.mark.parametrize('binding, needle', [
+    ('BlockRecurrentStack.self_weight_init = 1.0', 'self_weight_init = 1.0 must be in'),
     ("BlockRecurrentStack.gate = 'gru'", 'BlockRecurrentStack.gate'),
     ('BlockRecurrentStack.recurrent_layer = 3', 'recurrent_layer = 3 is outside'),
     ('BlockRecurrentStack.num_states = 0', 'num_states'),

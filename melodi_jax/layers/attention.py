@@ -189,7 +189,7 @@ class Attention(nn.Module):
 
   Fields: `cross_gate` creates the learned gate theta[H, Dh] that mixes self- and cross-attention
   per head-channel as g * self + (1 - g) * cross with g = sigmoid(theta) (theta[H, 1], one gate
-  per head, with `gate_per_head`); `cross_top_k` > 0 restricts each query's cross-attention to
+  per head, with `gate_per_head`; theta starts at `gate_logit_init`, 0: g = 0.5); `cross_top_k` > 0 restricts each query's cross-attention to
   its top-k keys (`cross_approximate`: approximate top-k). The call's `span` limits how far back
   (in positions) a query may look (Transformer-XL's sliding window).
   """
@@ -203,6 +203,7 @@ class Attention(nn.Module):
   position_bias_scale: float = 1.0
   cross_gate: bool = False
   gate_per_head: bool = False       # Memorizing Transformer: one gate per head
+  gate_logit_init: float = 0.0      # theta's initial value (> 0 starts toward self-attention)
   cross_top_k: int = 0              # 0: dense cross-attention over the whole cross memory
   cross_approximate: bool = False   # with cross_top_k: jax.lax.approx_max_k (TPU) over exact top-k
   query_blocks: int = 4             # at most this many query blocks skipping masked keys (1: off)
@@ -227,7 +228,7 @@ class Attention(nn.Module):
       self.qk_scale = self.param('qk_scale', nn.initializers.constant(self.head_dim ** 0.5),
                                  (self.num_heads,), jnp.float32)
     if self.cross_gate:
-      self.gate_logit = self.param('gate_logit', nn.initializers.zeros,
+      self.gate_logit = self.param('gate_logit', nn.initializers.constant(self.gate_logit_init),
                                    (self.num_heads, 1 if self.gate_per_head else self.head_dim),
                                    jnp.float32)
 

@@ -67,10 +67,12 @@ class RecurrentStates:
   num_states: int = 512       # R
   gate: str = 'lstm'          # 'fixed' or 'lstm'
   state_ffn: bool = True      # gated FFN on the states after the attention gate
+  self_weight_init: float = 0.5   # initial g of the tokens' g * self + (1 - g) * states gate
   key: str = 'recurrent'
 
   def attention_options(self) -> dict:
-    return dict(cross_gate=True)
+    g = self.self_weight_init
+    return dict(cross_gate=True, gate_logit_init=float(np.log(g / (1 - g))))
 
   def initial_state(self, config, batch_size: int) -> dict:
     return initial_state(batch_size, self.num_states, config.model_dim, config.memory_dtype)

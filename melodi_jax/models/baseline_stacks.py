@@ -75,12 +75,18 @@ class BlockRecurrentStack:
   num_states: int = 512         # R
   gate: str = 'lstm'            # 'fixed' or 'lstm'
   state_ffn: bool = True
+  # Initial weight g of self-attention in the recurrent layer's g * self + (1 - g) * states
+  # (0.5: even; near 1 keeps a warm-started layer's self-attention intact at first).
+  self_weight_init: float = 0.5
 
   def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
     _require((self.gate in recurrent.GATES,
               f'BlockRecurrentStack.gate = {self.gate!r}: use one of {recurrent.GATES}'),
-             (self.num_states > 0, 'BlockRecurrentStack.num_states must be positive'))
-    states = recurrent.RecurrentStates(self.num_states, self.gate, self.state_ffn)
+             (self.num_states > 0, 'BlockRecurrentStack.num_states must be positive'),
+             (0 < self.self_weight_init < 1,
+              f'BlockRecurrentStack.self_weight_init = {self.self_weight_init} must be in (0, 1)'))
+    states = recurrent.RecurrentStates(self.num_states, self.gate, self.state_ffn,
+                                       self.self_weight_init)
     return _with_addon(config, self.recurrent_layer, 'BlockRecurrentStack.recurrent_layer', states)
 
 
