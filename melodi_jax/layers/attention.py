@@ -189,8 +189,9 @@ class Attention(nn.Module):
 
   Fields: `cross_gate` creates the learned gate theta[H, Dh] that mixes self- and cross-attention
   per head-channel as g * self + (1 - g) * cross with g = sigmoid(theta) (theta[H, 1], one gate
-  per head, with `gate_per_head`; theta starts at `gate_logit_init`, 0: g = 0.5); `cross_top_k` > 0 restricts each query's cross-attention to
-  its top-k keys (`cross_approximate`: approximate top-k). The call's `span` limits how far back
+  per head, with `gate_per_head`; theta starts at `gate_logit_init`, 0: g = 0.5); `cross_top_k`
+  > 0 restricts each query's cross-attention to its top-k keys (`cross_approximate`: approximate
+  top-k). The call's `span` limits how far back
   (in positions) a query may look (Transformer-XL's sliding window).
   """
   model_dim: int
