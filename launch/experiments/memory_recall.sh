@@ -6,12 +6,14 @@
 #      forms first (configs/experiments/memory_recall/stage_k0.gin);
 #   2. <row>: warm-started from stage 1 (--init_from), the train mix of k = 0..3 windows, every
 #      episode inside one training segment (so the loss's gradient reaches every memory write);
-#   3. <row>_reach: warm-started from stage 2, N = 1 at k = 2, 4, 8 only (stage_reach.gin), so a
+#   3. <row>_formation: warm-started from stage 1, N = 1 at k = 1 only (stage_formation.gin), so
+#      the whole loss is on the one cell where a memory's write -> read circuit first forms;
+#   4. <row>_reach: warm-started from stage 3, N = 1 at k = 2, 4, 8 only (stage_reach.gin), so a
 #      memory that reaches far gets a training signal beyond the short-term recurrence's reach;
-#   4. <row>_capacity (rows in CAPACITY_ROWS, default "melodi"): warm-started from stage 3,
+#   5. <row>_capacity (rows in CAPACITY_ROWS, default "melodi"): warm-started from stage 4,
 #      N = 1, 2, 4, 8 at k = 2, 4, 8 (stage_capacity.gin): how many pairs the memory holds.
 # Stage 2 is scored on the test grid (N in {1, 4, 16} x k in {0, 1, 2, 4, 8, 16, 32, 64},
-# memory carried across segments), stage 3 on its N = 1 part, stage 4 on N = 1..16; their gates
+# memory carried across segments), stages 3-4 on its N = 1 part, stage 5 on N = 1..16; their gates
 # and attention mass on memory are measured, the row's small outputs are copied to
 # $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them without retraining),
 # and $OUT_DIR/memory_recall.md + plots are written.
@@ -113,10 +115,12 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
     cp "$workdir/eval/mqar_test_$step.json" "$workdir/model_stats.json" "$usage" "$SAVED/$row/"
     retrieval_hits "$row" "$workdir" "$SAVED/$row"
 
-    # Stage 3, reach: N = 1 at k = 2, 4, 8 from stage 2, scored on N = 1 of the test grid.
-    later_stage "$row" reach "$workdir" stage_reach.gin 1 "$@"
-    # Stage 4, capacity (CAPACITY_ROWS, default MELODI S+L): N = 1, 2, 4, 8 at k = 2, 4, 8 from
-    # stage 3, scored on N = 1..16: where the compressed memory runs out of room.
+    # Stage 3, formation: N = 1 at k = 1 from stage 1; stage 4, reach: N = 1 at k = 2, 4, 8 from
+    # stage 3; both scored on N = 1 of the test grid.
+    later_stage "$row" formation "$EXP_DIR/${row}_k0" stage_formation.gin 1 "$@"
+    later_stage "$row" reach "$EXP_DIR/${row}_formation" stage_reach.gin 1 "$@"
+    # Stage 5, capacity (CAPACITY_ROWS, default MELODI S+L): N = 1, 2, 4, 8 at k = 2, 4, 8 from
+    # stage 4, scored on N = 1..16: where the compressed memory runs out of room.
     if [[ " ${CAPACITY_ROWS-melodi} " == *" $row "* ]]; then
       later_stage "$row" capacity "$EXP_DIR/${row}_reach" stage_capacity.gin 1,2,4,8,16 "$@"
     fi
