@@ -15,6 +15,9 @@ GIN = {
     'melodi_long_only': ('ModelConfig.stack = @MelodiStack()\nMelodiStack.short_term_slots = 0\n'
                          'MelodiStack.long_term_layers = (2,)\nMelodiStack.long_term_slots = 256\n'
                          'MelodiStack.long_term_increment = 8\n'),
+    'melodi_short_only': ('ModelConfig.stack = @MelodiStack()\nMelodiStack.short_term_slots = 16\n'
+                          'MelodiStack.long_term_layers = ()\nMelodiStack.long_term_slots = 256\n'
+                          'MelodiStack.long_term_increment = 8\n'),
 }
 
 
@@ -54,6 +57,13 @@ def test_report_from_saved_rows(tmp_path):
          {'step': 30, 'chance': 1 / 64, 'cells': reach})
   _write(os.path.join(saved, 'memorizing_dense', 'reach', 'memory_usage.json'),
          {'gates': {'stack/layer_01': {'memory_weight': 0.61, 'min': 0.5, 'max': 0.7}}})
+  # Stage 3 (formation) from stage 1: its own N = 1 table; its seconds count in the train time.
+  formation = [{'pairs': 1, 'distance': k, 'documents': 4, 'accuracy': 0.9 if k == 1 else 0.03,
+                'standard_error': 0.02, 'source_windows': {}} for k in (1, 8)]
+  _write(os.path.join(saved, 'memorizing_dense', 'formation', 'mqar_test_20_n1.json'),
+         {'step': 20, 'chance': 1 / 64, 'cells': formation})
+  _write(os.path.join(saved, 'memorizing_dense', 'formation', 'train_wall.jsonl'),
+         json.dumps({'seconds': 60.0}) + '\n')
   capacity = [{'pairs': n, 'distance': k, 'documents': 4, 'accuracy': 0.9 / n,
                'standard_error': 0.03, 'source_windows': {}} for n in (1, 2, 16) for k in (2, 8)]
   _write(os.path.join(saved, 'memorizing_dense', 'capacity', 'mqar_test_35_n1-2-16.json'),
@@ -87,23 +97,28 @@ def test_report_from_saved_rows(tmp_path):
   xl = text[text.index('## Transformer-XL'):]
   assert ('at chance (within 3 standard errors of 0.016) for every k beyond its reach (k > 4): '
           '**does not hold** (highest 0.500 ± 0.010 at N = 1, k = 8)') in xl
-  # Stage 3 (reach): its own N = 1 table for the rows that ran it, the others named.
+  # Stage 3 (formation) and stage 4 (reach): their own N = 1 tables for the rows that ran them,
+  # the others named.
+  formation_text = text[text.index('## Stage 3: formation'):text.index('## Stage 4: reach')]
+  assert '| model | k = 1 | k = 8 | weight on memory |' in formation_text
+  assert '| Memorizing (dense) | 0.90 ± 0.02 | 0.03 ± 0.02 | — |' in formation_text
   assert '| Memorizing (dense) | 0.50 ± 0.02 | 0.00 ± 0.02 | 0.610 |' in text
-  assert 'Stage 3 not run yet: ' in text and 'vanilla' in text.split('Stage 3 not run yet: ')[1]
-  # Stage 4 (capacity): an N x k table and an accuracy-against-N plot for the rows that ran it;
-  # its seconds count in the row's train time (2 + 2 minutes).
-  capacity_text = text[text.index('## Stage 4: capacity (Memorizing (dense))'):]
+  assert 'Stage 4 not run yet: ' in text and 'vanilla' in text.split('Stage 4 not run yet: ')[1]
+  # Stage 5 (capacity): an N x k table and an accuracy-against-N plot for the rows that ran it;
+  # its seconds count in the row's train time (2 + 1 + 2 minutes).
+  capacity_text = text[text.index('## Stage 5: capacity (Memorizing (dense))'):]
   assert '| 2 | 0.45 ± 0.03 | 0.45 ± 0.03 |' in capacity_text
   assert '| 16 | 0.06 ± 0.03 | 0.06 ± 0.03 |' in capacity_text
   assert ('Pairs recalled per episode (N x accuracy, mean over k = 1..32): N = 1: 0.90, '
           'N = 2: 0.90') in capacity_text
-  assert '| 1234 | 0.97 ± 0.01 | 4 min |' in text
-  assert text.count('## Stage 4: capacity') == 1
-  assert "Retrieval of the store's chunk by the query's window (stage 3)" in text
+  assert '| 1234 | 0.97 ± 0.01 | 5 min |' in text
+  assert text.count('## Stage 5: capacity') == 1
+  assert "Retrieval of the store's chunk by the query's window (stage 4)" in text
   assert '| 8 | 7 | 1.00 | 0.25 | 0.57 | 0.30 | 0.90 | 0.10 |' in text
   assert '| 1 | 0 | 1.00 | 0.00 | 0.00 | 0.50 | — | 0.50 |' in text
   assert text.count("Retrieval of the store's chunk") == 1   # no stage-2 file: no stage-2 table
   for plot in ('memory_recall.png', 'memory_recall_training.png', 'memory_recall_reach.png',
+               'memory_recall_formation.png',
                'memory_recall_capacity_memorizing_dense.png'):
     assert os.path.getsize(os.path.join(out, plot)) > 1000
 
@@ -132,3 +147,22 @@ def test_probe_read_out_recovers_a_linear_code_and_not_noise():
   # More features than documents (the dual form) still reads a linear code.
   wide = np.concatenate([features, rng.normal(size=(400, 600))], axis=1)
   assert probe.ridge_accuracy(wide, labels, 8, penalty=1.0) > 0.9
+
+
+def test_melodi_reach_is_checked_after_stage_4(tmp_path):
+  """A MELODI row with a long-term FIFO must be above chance (3 standard errors) at N = 1 for
+  every k up to the FIFO's span after stage 4; a short-term-only row, one window back."""
+  saved, out = str(tmp_path / 'saved'), str(tmp_path / 'out')
+  reach = {'melodi_long_only': {1: 0.6, 8: 0.5, 32: 0.02, 64: 0.0},   # k = 32 at chance
+           'melodi_short_only': {1: 0.9, 8: 0.4, 32: 0.0, 64: 0.0}}
+  for row, accuracy in reach.items():
+    _saved_row(saved, row, lambda k: 1.0 if k == 0 else 0.02)
+    cells = [{'pairs': 1, 'distance': k, 'documents': 4, 'accuracy': a, 'standard_error': 0.02,
+              'source_windows': {}} for k, a in accuracy.items()]
+    _write(os.path.join(saved, row, 'reach', 'mqar_test_30_n1.json'),
+           {'step': 30, 'chance': 1 / 64, 'cells': cells})
+  text = open(report.write(saved, out, list(reach), 'cmd'), encoding='utf-8').read()
+  assert ('N = 1 above chance + 3 standard errors at every k up to the FIFO span (32), after '
+          'stage 4: **does not hold** (weakest 0.020 ± 0.020 at k = 32)') in text
+  assert ('N = 1 above chance + 3 standard errors one window back (k = 1), after stage 4: '
+          '**holds** (0.900 ± 0.020; above chance at k = 1, 8)') in text

@@ -170,5 +170,6 @@ def test_without_cross_switches_the_long_term_memory_off():
   apply = jax.jit(lambda p, t: model.apply({'params': p}, t, model.init_memory(2),
                                            zoo.doc_starts(2, 2))[0][:, w:])
   assert not np.allclose(apply(params, tokens), apply(params, changed))
-  off = mqar_score.without_cross(params)
+  from melodi_jax.experiments import runs  # pylint: disable=g-import-not-at-top
+  off = runs.without_cross(params)
   np.testing.assert_array_equal(apply(off, tokens), apply(off, changed))

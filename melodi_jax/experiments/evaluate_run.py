@@ -3,7 +3,9 @@
 The evaluation protocol of `python -m melodi_jax.evaluate` (train/evaluator.py: lanes unshuffled,
 every document read to its end, memory carried, reset at document starts) for several task/split
 pairs with one restore and one compiled eval step; writes the same DIR/eval/<task>_<split>_<step>
-.json files, plus DIR/model_stats.json (parameters, memory floats per lane). An eval whose file
+.json files, plus DIR/model_stats.json (parameters, memory floats per lane). --without_cross
+evaluates with every gated memory read switched off (files end in _without_cross): does the
+trained model use its memory, and does the read help? An eval whose file
 already exists complete (or capped the same way) is skipped, so reruns only do what is missing.
 
 --max_batches caps every eval (the JSON then says complete: false and how many batches were read);
@@ -26,6 +28,9 @@ flags.DEFINE_list('evals', ['books_bytes:validation'],
 flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
 flags.DEFINE_integer('max_batches', None, 'Cap on batches per eval (default: whole splits).')
 flags.DEFINE_integer('batch_size', None, 'Eval lanes (default: the run\'s eval batch size).')
+flags.DEFINE_bool('without_cross', False, 'Ablation: every gated memory read (MELODI long-term, '
+                  'Memorizing kNN, Block-Recurrent states) switched off by setting its gate '
+                  'logits to +30; the result files end in _without_cross.')
 FLAGS = flags.FLAGS
 
 
@@ -74,10 +79,13 @@ def main(argv):
 
   run = runs.restore(FLAGS.workdir, FLAGS.step, FLAGS.batch_size)
   write_model_stats(run.workdir, run.model, run.params)
+  params, suffix = run.params, ''
+  if FLAGS.without_cross:
+    params, suffix = runs.without_cross(run.params), '_without_cross'
   batch = FLAGS.batch_size or run.train_config.eval_batch
   runner = None
   for task, split, cap in pairs:
-    path = os.path.join(run.workdir, 'eval', f'{task}_{split}_{run.step}.json')
+    path = os.path.join(run.workdir, 'eval', f'{task}_{split}_{run.step}{suffix}.json')
     if _done(path, cap):
       logging.info('%s exists: skipped', path)
       continue
@@ -88,9 +96,9 @@ def main(argv):
       runner = evaluator.Evaluator(run.model, run.mesh, run.params_sharding, spec,
                                    position_buckets=run.train_config.eval_position_buckets)
     runner.spec, runner.max_batches = spec, cap
-    result = runner.run(run.params, run.step, stream=inputs.open_stream(spec, None,
-                                                                        run.model.vocab_size))
-    evaluator.write_result(run.workdir, result)
+    result = runner.run(params, run.step, stream=inputs.open_stream(spec, None,
+                                                                    run.model.vocab_size))
+    evaluator.write_result(run.workdir, result, suffix)
     print(f'{task}/{split} step {result.step}: {result.bits_per_byte:.4f} bits/byte over '
           f'{result.tokens:.0f} tokens ({result.documents} documents, complete={result.complete})'
           f' -> {path}', flush=True)

@@ -44,6 +44,15 @@ def restore(workdir: str, step: int | None = None, batch_size: int | None = None
              params_sharding)
 
 
+def without_cross(params: Any) -> Any:
+  """params with every `gate_logit` (the self/cross gate of Attention) at +30: gate 1, cross 0,
+  so every gated memory read (MELODI long-term, Memorizing kNN, Block-Recurrent states) is off
+  and those layers attend to themselves only."""
+  return jax.tree_util.tree_map_with_path(
+      lambda path, leaf: leaf * 0 + 30.0 if 'gate_logit' in jax.tree_util.keystr(path) else leaf,
+      params)
+
+
 def count_params(params: Any) -> int:
   return int(sum(np.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(params)))
 

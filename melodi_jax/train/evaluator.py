@@ -173,9 +173,10 @@ def _bucket_rows(boundaries: Sequence[int], host_sums: list[dict]) -> list[dict[
   return rows
 
 
-def write_result(workdir: str, result: EvalResult) -> str:
-  """Writes DIR/eval/<task>_<split>_<step>.json atomically (process 0 only); returns the path."""
-  path = os.path.join(workdir, 'eval', f'{result.task}_{result.split}_{result.step}.json')
+def write_result(workdir: str, result: EvalResult, suffix: str = '') -> str:
+  """Writes DIR/eval/<task>_<split>_<step><suffix>.json atomically (process 0 only); returns the
+  path."""
+  path = os.path.join(workdir, 'eval', f'{result.task}_{result.split}_{result.step}{suffix}.json')
   if jax.process_index() == 0:
     os.makedirs(os.path.dirname(path), exist_ok=True)
     with open(path + '.tmp', 'w', encoding='utf-8') as f:

@@ -99,14 +99,6 @@ def _predict(apply_fn, init_memory, documents, window_length, segment_length, ba
   return predictions
 
 
-def without_cross(params: Any) -> Any:
-  """params with every `gate_logit` (the self/cross gate of Attention) at +30: gate 1, cross 0."""
-  import jax  # pylint: disable=g-import-not-at-top
-  return jax.tree_util.tree_map_with_path(
-      lambda path, leaf: leaf * 0 + 30.0 if 'gate_logit' in jax.tree_util.keystr(path) else leaf,
-      params)
-
-
 def define_flags() -> None:
   """The command-line flags (defined only when run as a program: the library stays importable
   beside other entry points)."""
@@ -155,7 +147,7 @@ def main(argv: Sequence[str]) -> None:
       keep.append(index)
   model, params = run.model, run.params
   if FLAGS.without_cross:
-    params = without_cross(params)
+    params = runs.without_cross(params)
   apply = jax.jit(lambda p, tokens, memory, doc_start: model.apply({'params': p}, tokens, memory,
                                                                      doc_start))
   cells = score(lambda tokens, memory, doc_start: apply(params, tokens, memory, doc_start),
