@@ -18,7 +18,7 @@ fi
 export JAX_PLATFORMS="${JAX_PLATFORMS:-cpu}"
 export TF_CPP_MIN_LOG_LEVEL="${TF_CPP_MIN_LOG_LEVEL:-2}"
 # The command as typed (with the variables that change what runs), for the report.
-COMMAND_LINE="$(for v in SMOKE MODELS EVAL_MAX_BATCHES CROSS_DOMAIN_MAX_BATCHES RUNS_ROOT OUT_DIR MELODI_DATA_DIR; do
+COMMAND_LINE="$(for v in SMOKE MODELS STAGES EVAL_MAX_BATCHES CROSS_DOMAIN_MAX_BATCHES RUNS_ROOT OUT_DIR MELODI_DATA_DIR; do
   if [ -n "${!v:-}" ]; then printf '%s=%q ' "$v" "${!v}"; fi; done; printf 'bash %s' "$0"
   if [ $# -gt 0 ]; then printf ' %q' "$@"; fi)"
 SMOKE="${SMOKE:-0}"

@@ -22,6 +22,8 @@
 #   SMOKE=1 bash launch/experiments/memory_recall.sh          # the pipeline in minutes
 #   MODELS="vanilla transformer_xl" bash launch/experiments/memory_recall.sh
 #   REPORT_ONLY=1 bash launch/experiments/memory_recall.sh    # the report from committed outputs
+#   STAGES="3 4" bash launch/experiments/memory_recall.sh     # only these stages (default 1-5);
+#     a stage's prerequisites (1 for 2 and 3, 3 for 4, 4 for 5) are trained when missing
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 ALL_ROWS=(vanilla transformer_xl block_recurrent memorizing_dense memorizing_topk memlong melodi
           melodi_short_only melodi_long_only)
@@ -31,6 +33,19 @@ if [ "$SMOKE" = 1 ]; then OUT_DIR="$RUNS_ROOT/results"; SCORE_CAP=(--documents=2
 else OUT_DIR="${OUT_DIR:-results}"; SCORE_CAP=(); fi
 RETRIEVAL_ROWS=(memlong)   # rows whose retrieval of the store's chunk is measured (retrieval_hits)
 SAVED="$OUT_DIR/memory_recall"
+read -r -a STAGE_LIST <<< "${STAGES:-1 2 3 4 5}"
+for stage in "${STAGE_LIST[@]}"; do
+  [[ "$stage" =~ ^[1-5]$ ]] ||
+    { echo "error: STAGES='${STAGES:-}': stages are 1..5, e.g. STAGES='3 4'" >&2; exit 2; }
+done
+# wants N: stage N is asked for, or a later stage that starts from it is.
+wants() {
+  local s
+  for s in "${STAGE_LIST[@]}"; do
+    case "$1:$s" in 1:1|1:2|2:2|3:3|3:4|3:5|4:4|4:5|5:5) return 0 ;; esac
+  done
+  return 1
+}
 
 # retrieval_hits ROW RUN DEST: for a retrieval row, how often the query's window retrieves the
 # store's chunk, per k (N = 1), saved to DEST/retrieval_hits.json.
@@ -80,48 +95,57 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   log "memory_recall: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE)"
   for row in "${ROWS[@]}"; do
     gin="experiments/memory_recall/$row.gin"
-    train_row "${row}_k0" "$gin" --gin_file=experiments/memory_recall/stage_k0.gin "$@"
-    if [ "$(latest_step "$EXP_DIR/$row")" -eq 0 ]; then
-      warm=(--init_from="$EXP_DIR/${row}_k0")   # a new stage-2 run starts from stage 1
-    else
-      warm=()                                   # a started one resumes from its checkpoint
+    # Stage 1 for stage 2, or for stage 3 while its run has not finished.
+    if wants 1 || { wants 3 && [ "$(latest_step "$EXP_DIR/${row}_formation")" -eq 0 ]; }; then
+      train_row "${row}_k0" "$gin" --gin_file=experiments/memory_recall/stage_k0.gin "$@"
     fi
-    train_row "$row" "$gin" "${warm[@]}" "$@"
-    workdir="$EXP_DIR/$row"
-    step="$(latest_step "$workdir")"
-    if [ ! -f "$workdir/eval/mqar_test_$step.json" ] || [ "$SMOKE" = 1 ]; then
-      log "$row: scoring the test grid"
-      "$PYTHON" -m melodi_jax.experiments.memory_recall.score --workdir="$workdir" --split=test \
-        --force "${SCORE_CAP[@]}" 2>>"$workdir/eval.log" | tail -n 3
+    if wants 2; then
+      if [ "$(latest_step "$EXP_DIR/$row")" -eq 0 ]; then
+        warm=(--init_from="$EXP_DIR/${row}_k0")   # a new stage-2 run starts from stage 1
+      else
+        warm=()                                   # a started one resumes from its checkpoint
+      fi
+      train_row "$row" "$gin" "${warm[@]}" "$@"
+      workdir="$EXP_DIR/$row"
+      step="$(latest_step "$workdir")"
+      if [ ! -f "$workdir/eval/mqar_test_$step.json" ] || [ "$SMOKE" = 1 ]; then
+        log "$row: scoring the test grid"
+        "$PYTHON" -m melodi_jax.experiments.memory_recall.score --workdir="$workdir" --split=test \
+          --force "${SCORE_CAP[@]}" 2>>"$workdir/eval.log" | tail -n 3
+      fi
+      "$PYTHON" -m melodi_jax.experiments.evaluate_run --workdir="$workdir" --evals= \
+        >>"$workdir/eval.log" 2>&1   # model_stats.json (parameters, memory floats per lane)
+      usage="$workdir/memory_usage.json"   # gates and attention mass on memory, final step
+      if ! grep -q "\"step\": $step," "$usage" 2>/dev/null; then
+        log "$row: measuring memory use"
+        "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$workdir" --json \
+          --split=validation --batches="${MEMORY_USAGE_BATCHES:-8}" > "$usage.tmp" \
+          2>>"$workdir/eval.log"
+        mv "$usage.tmp" "$usage"
+      fi
+      # The small outputs a later session needs to rebuild the report without retraining.
+      mkdir -p "$SAVED/$row"
+      for stage in "${row}_k0" "$row"; do
+        mkdir -p "$SAVED/$row/$stage"
+        cp "$EXP_DIR/$stage/config.gin" "$EXP_DIR/$stage/train_metrics.jsonl" "$SAVED/$row/$stage/"
+        cp "$EXP_DIR/$stage/train_wall.jsonl" "$SAVED/$row/$stage/" 2>/dev/null || true
+        cp "$EXP_DIR/$stage"/eval/mqar_bytes_validation_*.json "$SAVED/$row/$stage/" 2>/dev/null || true
+      done
+      cp "$workdir/eval/mqar_test_$step.json" "$workdir/model_stats.json" "$usage" "$SAVED/$row/"
+      retrieval_hits "$row" "$workdir" "$SAVED/$row"
     fi
-    "$PYTHON" -m melodi_jax.experiments.evaluate_run --workdir="$workdir" --evals= \
-      >>"$workdir/eval.log" 2>&1   # model_stats.json (parameters, memory floats per lane)
-    usage="$workdir/memory_usage.json"   # gates and attention mass on memory, final step
-    if ! grep -q "\"step\": $step," "$usage" 2>/dev/null; then
-      log "$row: measuring memory use"
-      "$PYTHON" -m melodi_jax.experiments.memory_usage --workdir="$workdir" --json \
-        --split=validation --batches="${MEMORY_USAGE_BATCHES:-8}" > "$usage.tmp" \
-        2>>"$workdir/eval.log"
-      mv "$usage.tmp" "$usage"
-    fi
-    # The small outputs a later session needs to rebuild the report without retraining.
-    mkdir -p "$SAVED/$row"
-    for stage in "${row}_k0" "$row"; do
-      mkdir -p "$SAVED/$row/$stage"
-      cp "$EXP_DIR/$stage/config.gin" "$EXP_DIR/$stage/train_metrics.jsonl" "$SAVED/$row/$stage/"
-      cp "$EXP_DIR/$stage/train_wall.jsonl" "$SAVED/$row/$stage/" 2>/dev/null || true
-      cp "$EXP_DIR/$stage"/eval/mqar_bytes_validation_*.json "$SAVED/$row/$stage/" 2>/dev/null || true
-    done
-    cp "$workdir/eval/mqar_test_$step.json" "$workdir/model_stats.json" "$usage" "$SAVED/$row/"
-    retrieval_hits "$row" "$workdir" "$SAVED/$row"
 
     # Stage 3, formation: N = 1 at k = 1 from stage 1; stage 4, reach: N = 1 at k = 2, 4, 8 from
     # stage 3; both scored on N = 1 of the test grid.
-    later_stage "$row" formation "$EXP_DIR/${row}_k0" stage_formation.gin 1 "$@"
-    later_stage "$row" reach "$EXP_DIR/${row}_formation" stage_reach.gin 1 "$@"
+    if wants 3; then
+      later_stage "$row" formation "$EXP_DIR/${row}_k0" stage_formation.gin 1 "$@"
+    fi
+    if wants 4; then
+      later_stage "$row" reach "$EXP_DIR/${row}_formation" stage_reach.gin 1 "$@"
+    fi
     # Stage 5, capacity (CAPACITY_ROWS, default MELODI S+L): N = 1, 2, 4, 8 at k = 2, 4, 8 from
     # stage 4, scored on N = 1..16: where the compressed memory runs out of room.
-    if [[ " ${CAPACITY_ROWS-melodi} " == *" $row "* ]]; then
+    if wants 5 && [[ " ${CAPACITY_ROWS-melodi} " == *" $row "* ]]; then
       later_stage "$row" capacity "$EXP_DIR/${row}_reach" stage_capacity.gin 1,2,4,8,16 "$@"
     fi
   done
