@@ -57,6 +57,13 @@ def test_report_from_saved_rows(tmp_path):
          {'step': 30, 'chance': 1 / 64, 'cells': reach})
   _write(os.path.join(saved, 'memorizing_dense', 'reach', 'memory_usage.json'),
          {'gates': {'stack/layer_01': {'memory_weight': 0.61, 'min': 0.5, 'max': 0.7}}})
+  _write(os.path.join(saved, 'memorizing_dense', 'reach', 'config.gin'),
+         "OptimizerConfig.name = 'adamw'\nOptimizerConfig.peak_learning_rate = 0.001\n")
+  # Another row's reach run from a protocol with another learning rate: the report says which.
+  _write(os.path.join(saved, 'transformer_xl', 'reach', 'mqar_test_30_n1.json'),
+         {'step': 30, 'chance': 1 / 64, 'cells': reach})
+  _write(os.path.join(saved, 'transformer_xl', 'reach', 'config.gin'),
+         'OptimizerConfig.peak_learning_rate = 0.003\n')
   # Stage 3 (formation) from stage 1: its own N = 1 table; its seconds count in the train time.
   formation = [{'pairs': 1, 'distance': k, 'documents': 4, 'accuracy': 0.9 if k == 1 else 0.03,
                 'standard_error': 0.02, 'source_windows': {}} for k in (1, 8)]
@@ -104,6 +111,10 @@ def test_report_from_saved_rows(tmp_path):
   assert '| Memorizing (dense) | 0.90 ± 0.02 | 0.03 ± 0.02 | — |' in formation_text
   assert '| Memorizing (dense) | 0.50 ± 0.02 | 0.00 ± 0.02 | 0.610 |' in text
   assert 'Stage 4 not run yet: ' in text and 'vanilla' in text.split('Stage 4 not run yet: ')[1]
+  reach_text = text[text.index('## Stage 4: reach'):text.index('## Stage 5')]
+  assert ("Peak learning rate (each run's config.gin) differs between rows: 0.001: Memorizing "
+          "(dense); 0.003: Transformer-XL.") in reach_text
+  assert "Peak learning rate (each run's config.gin): not recorded, every row." in formation_text
   # Stage 5 (capacity): an N x k table and an accuracy-against-N plot for the rows that ran it;
   # its seconds count in the row's train time (2 + 1 + 2 minutes).
   capacity_text = text[text.index('## Stage 5: capacity (Memorizing (dense))'):]

@@ -122,9 +122,22 @@ def _load_stage(folder: str) -> dict | None:
     with open(wall_path, encoding='utf-8') as f:
       seconds = sum(json.loads(line)['seconds'] for line in f if line.strip())
   usage_path = os.path.join(folder, 'memory_usage.json')
+  config_path = os.path.join(folder, 'config.gin')
+  config_text = ''
+  if os.path.isfile(config_path):
+    with open(config_path, encoding='utf-8') as f:
+      config_text = f.read()
   return {'score': _read_json(scores[0]), 'seconds': seconds,
+          'peak_learning_rate': peak_learning_rate(config_text),
           'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {},
           'retrieval': _optional_json(os.path.join(folder, 'retrieval_hits.json'))}
+
+
+def peak_learning_rate(config_text: str) -> float | None:
+  """OptimizerConfig.peak_learning_rate from an operative config.gin (None when absent)."""
+  found = re.findall(r'^OptimizerConfig\.peak_learning_rate\s*=\s*([0-9.eE+-]+)\s*$',
+                     config_text, flags=re.M)
+  return float(found[-1]) if found else None
 
 
 def _optional_json(path: str) -> dict | None:
@@ -273,6 +286,10 @@ def expectations(data: dict, chance: float) -> list[str]:
   return lines
 
 
+def _rate(rate: float | None) -> str:
+  return 'not recorded' if rate is None else f'{rate:g}'
+
+
 def _n1_stage_section(loaded: Sequence[dict], stage: str, out: str, chance: float, title: str,
                       intro: str) -> list[str]:
   """A later stage's N = 1 table (a row per model that ran it, the others named) and its plot."""
@@ -292,6 +309,16 @@ def _n1_stage_section(loaded: Sequence[dict], stage: str, out: str, chance: floa
     text.append(f'| {LABELS.get(data["row"], data["row"])} | ' + ' | '.join(
         f'{by[k]["accuracy"]:.2f} ± {by[k]["standard_error"]:.2f}' if k in by else 'n/a'
         for k in distances) + f' | {gate} |')
+  rates = {}
+  for data in ran:
+    rates.setdefault(data[stage]['peak_learning_rate'], []).append(
+        LABELS.get(data['row'], data['row']))
+  if len(rates) == 1:
+    text += ['', f'Peak learning rate (each run\'s config.gin): {_rate(next(iter(rates)))}, '
+             'every row.']
+  else:   # runs from different protocols side by side: say which is which
+    text += ['', 'Peak learning rate (each run\'s config.gin) differs between rows: ' + '; '.join(
+        f'{_rate(rate)}: {", ".join(names)}' for rate, names in rates.items()) + '.']
   pending = [LABELS.get(d['row'], d['row']) for d in loaded if not d[stage]]
   text += [''] + ([f'{title.split(":")[0][3:]} not run yet: {", ".join(pending)}.', '']
                   if pending else [])
@@ -376,7 +403,8 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     text += [f'## Stage 5: capacity ({label})', '',
              'From stage 4, 300 more steps of N = 1, 2, 4 or 8 pairs asked k = 2, 4 or 8 windows '
              'later (`configs/experiments/memory_recall/stage_capacity.gin`), scored on N = 1..16 '
-             'of the test grid: how many pairs the memory holds, and how far.', '']
+             'of the test grid: how many pairs the memory holds, and how far. Peak learning '
+             f'rate (its config.gin): {_rate(data["capacity"]["peak_learning_rate"])}.', '']
     text += _cell_table({'score': data['capacity']['score']})
     span = fifo_span(data['config'])
     text += ['', f'Pairs recalled per episode (N x accuracy, mean over k = 1..{span}): ' + ', '.join(
