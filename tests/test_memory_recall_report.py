@@ -177,3 +177,25 @@ def test_melodi_reach_is_checked_after_stage_4(tmp_path):
           'stage 4: **does not hold** (weakest 0.020 ± 0.020 at k = 32)') in text
   assert ('N = 1 above chance + 3 standard errors one window back (k = 1), after stage 4: '
           '**holds** (0.900 ± 0.020; above chance at k = 1, 8)') in text
+
+
+def test_probe_lists_pairs_in_store_order_with_their_queries():
+  """The per-pair probe: pair i is the i-th written; its scored position is the query's key for
+  that same pair (the key there equals the stored key), its value the one stored."""
+  import numpy as np
+  from melodi_jax.data import mqar
+  from melodi_jax.experiments.memory_recall import probe
+  config = mqar.MQARConfig(window_length=32, key_vocab=16, value_vocab=16, filler_vocab=8)
+  rng = np.random.default_rng(3)
+  episodes = [mqar.eval_document(rng, config, 4, 2) for _ in range(6)]
+  sources, asked_at, values, keys = probe.store_order(episodes)
+  assert sources.shape == asked_at.shape == values.shape == keys.shape == (6, 4)
+  assert np.all(np.diff(sources, axis=1) > 0), 'store order: first written first'
+  for (tokens, episode), src, at, value, key in zip(episodes, sources, asked_at, values, keys):
+    np.testing.assert_array_equal(tokens[src], mqar.VALUE_FIRST + value)
+    np.testing.assert_array_equal(tokens[src - 1], mqar.KEY_FIRST + key)
+    np.testing.assert_array_equal(tokens[at], tokens[src - 1])     # the same key is asked
+    np.testing.assert_array_equal(tokens[at + 1], tokens[src])     # for the same value
+    assert np.all(at >= episode.query)
+  # The queries come in a new order, so store order is not query order somewhere.
+  assert any(np.any(np.argsort(e.source_positions) != np.arange(4)) for _, e in episodes)
