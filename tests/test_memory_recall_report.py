@@ -77,6 +77,15 @@ def test_report_from_saved_rows(tmp_path):
          {'step': 35, 'chance': 1 / 64, 'cells': capacity})
   _write(os.path.join(saved, 'memorizing_dense', 'capacity', 'train_wall.jsonl'),
          json.dumps({'seconds': 120.0}) + '\n')
+  # Stage 5a (the two-pair formation, pairs/) is printed above the capacity table.
+  pairs = [{'pairs': n, 'distance': k, 'documents': 4, 'accuracy': 0.8 if k == 1 else 0.02,
+            'standard_error': 0.02, 'source_windows': {}} for n in (1, 4) for k in (1, 8)]
+  _write(os.path.join(saved, 'memorizing_dense', 'pairs', 'mqar_test_20_n1-4.json'),
+         {'step': 20, 'chance': 1 / 64, 'cells': pairs})
+  _write(os.path.join(saved, 'memorizing_dense', 'pairs', 'train_wall.jsonl'),
+         json.dumps({'seconds': 60.0}) + '\n')
+  _write(os.path.join(saved, 'memorizing_dense', 'pairs', 'config.gin'),
+         'OptimizerConfig.peak_learning_rate = 0.003\n')
   # A retrieval row's diagnostic (retrieval_hits.json) is printed under the row, per stage.
   _write(os.path.join(saved, 'memorizing_dense', 'reach', 'retrieval_hits.json'),
          {'pairs': 1, 'top_k': 4, 'chunks': 32, 'rows': [
@@ -116,13 +125,19 @@ def test_report_from_saved_rows(tmp_path):
           "(dense); 0.003: Transformer-XL.") in reach_text
   assert "Peak learning rate (each run's config.gin): not recorded, every row." in formation_text
   # Stage 5 (capacity): an N x k table and an accuracy-against-N plot for the rows that ran it;
-  # its seconds count in the row's train time (2 + 1 + 2 minutes).
+  # its seconds count in the row's train time (2 + 1 + 1 + 2 minutes), after the two-pair
+  # formation's table.
   capacity_text = text[text.index('## Stage 5: capacity (Memorizing (dense))'):]
+  assert 'Peak learning rate (their config.gin): 0.003, then not recorded.' in capacity_text
+  after_pairs = capacity_text[capacity_text.index('After the two-pair formation'):
+                              capacity_text.index('After capacity:')]
+  assert '| N \\ k | 1 | 8 |' in after_pairs
+  assert '| 4 | 0.80 ± 0.02 | 0.02 ± 0.02 |' in after_pairs
   assert '| 2 | 0.45 ± 0.03 | 0.45 ± 0.03 |' in capacity_text
   assert '| 16 | 0.06 ± 0.03 | 0.06 ± 0.03 |' in capacity_text
   assert ('Pairs recalled per episode (N x accuracy, mean over k = 1..32): N = 1: 0.90, '
           'N = 2: 0.90') in capacity_text
-  assert '| 1234 | 0.97 ± 0.01 | 5 min |' in text
+  assert '| 1234 | 0.97 ± 0.01 | 6 min |' in text
   assert text.count('## Stage 5: capacity') == 1
   assert "Retrieval of the store's chunk by the query's window (stage 4)" in text
   assert '| 8 | 7 | 1.00 | 0.25 | 0.57 | 0.30 | 0.90 | 0.10 |' in text

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Multi-query associative recall across windows (melodi_jax/data/mqar.py): every row is the small
 # model with its memory kind (configs/experiments/memory_recall/<row>.gin), trained from scratch
-# with the same data, steps, optimizer and seed in three curriculum stages:
+# with the same data, steps, optimizer and seed in a curriculum of five stages:
 #   1. <row>_k0: store and query in the same window (k = 0) only, so the in-window recall circuit
 #      forms first (configs/experiments/memory_recall/stage_k0.gin);
 #   2. <row>: warm-started from stage 1 (--init_from), the train mix of k = 0..3 windows, every
@@ -10,10 +10,13 @@
 #      the whole loss is on the one cell where a memory's write -> read circuit first forms;
 #   4. <row>_reach: warm-started from stage 3, N = 1 at k = 2, 4, 8 only (stage_reach.gin), so a
 #      memory that reaches far gets a training signal beyond the short-term recurrence's reach;
-#   5. <row>_capacity (rows in CAPACITY_ROWS, default "melodi"): warm-started from stage 4,
-#      N = 1, 2, 4, 8 at k = 2, 4, 8 (stage_capacity.gin): how many pairs the memory holds.
+#   5. (rows in CAPACITY_ROWS, default "melodi") <row>_pairs: warm-started from stage 1, N = 2 at
+#      k = 1 only (stage_pairs.gin), so the write that forms keeps each value with its key; then
+#      <row>_capacity: from it, N = 1, 2, 4, 8 at k = 2, 4, 8 (stage_capacity.gin): how many
+#      pairs the memory holds.
 # Stage 2 is scored on the test grid (N in {1, 4, 16} x k in {0, 1, 2, 4, 8, 16, 32, 64},
-# memory carried across segments), stages 3-4 on its N = 1 part, stage 5 on N = 1..16; their gates
+# memory carried across segments), stages 3-4 on its N = 1 part, stage 5 on N = 1, 4 (pairs) and
+# N = 1..16 (capacity); their gates
 # and attention mass on memory are measured, the row's small outputs are copied to
 # $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them without retraining),
 # and $OUT_DIR/memory_recall.md + plots are written.
@@ -23,7 +26,7 @@
 #   MODELS="vanilla transformer_xl" bash launch/experiments/memory_recall.sh
 #   REPORT_ONLY=1 bash launch/experiments/memory_recall.sh    # the report from committed outputs
 #   STAGES="3 4" bash launch/experiments/memory_recall.sh     # only these stages (default 1-5);
-#     a stage's prerequisites (1 for 2 and 3, 3 for 4, 4 for 5) are trained when missing
+#     a stage's prerequisites (1 for 2, 3 and 5; 3 for 4) are trained when missing
 source "$(dirname "${BASH_SOURCE[0]}")/_common.sh"
 ALL_ROWS=(vanilla transformer_xl block_recurrent memorizing_dense memorizing_topk memlong melodi
           melodi_short_only melodi_long_only)
@@ -42,7 +45,7 @@ done
 wants() {
   local s
   for s in "${STAGE_LIST[@]}"; do
-    case "$1:$s" in 1:1|1:2|2:2|3:3|3:4|3:5|4:4|4:5|5:5) return 0 ;; esac
+    case "$1:$s" in 1:1|1:2|2:2|3:3|3:4|4:4|5:5) return 0 ;; esac
   done
   return 1
 }
@@ -95,8 +98,12 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
   log "memory_recall: rows ${ROWS[*]} -> $EXP_DIR (smoke=$SMOKE)"
   for row in "${ROWS[@]}"; do
     gin="experiments/memory_recall/$row.gin"
-    # Stage 1 for stage 2, or for stage 3 while its run has not finished.
-    if wants 1 || { wants 3 && [ "$(latest_step "$EXP_DIR/${row}_formation")" -eq 0 ]; }; then
+    capacity_row=0
+    [[ " ${CAPACITY_ROWS-melodi} " == *" $row "* ]] && capacity_row=1
+    # Stage 1 for stage 2, or for stage 3 / 5 while its first run has not finished.
+    if wants 1 || { wants 3 && [ "$(latest_step "$EXP_DIR/${row}_formation")" -eq 0 ]; } ||
+       { wants 5 && [ "$capacity_row" = 1 ] &&
+         [ "$(latest_step "$EXP_DIR/${row}_pairs")" -eq 0 ]; }; then
       train_row "${row}_k0" "$gin" --gin_file=experiments/memory_recall/stage_k0.gin "$@"
     fi
     if wants 2; then
@@ -143,10 +150,12 @@ if [ "${REPORT_ONLY:-0}" != 1 ]; then
     if wants 4; then
       later_stage "$row" reach "$EXP_DIR/${row}_formation" stage_reach.gin 1 "$@"
     fi
-    # Stage 5, capacity (CAPACITY_ROWS, default MELODI S+L): N = 1, 2, 4, 8 at k = 2, 4, 8 from
-    # stage 4, scored on N = 1..16: where the compressed memory runs out of room.
-    if wants 5 && [[ " ${CAPACITY_ROWS-melodi} " == *" $row "* ]]; then
-      later_stage "$row" capacity "$EXP_DIR/${row}_reach" stage_capacity.gin 1,2,4,8,16 "$@"
+    # Stage 5 (CAPACITY_ROWS, default MELODI S+L): the two-pair formation from stage 1, scored
+    # on N = 1, 4; capacity from it, N = 1, 2, 4, 8 at k = 2, 4, 8, scored on N = 1..16: where
+    # the compressed memory runs out of room.
+    if wants 5 && [ "$capacity_row" = 1 ]; then
+      later_stage "$row" pairs "$EXP_DIR/${row}_k0" stage_pairs.gin 1,4 "$@"
+      later_stage "$row" capacity "$EXP_DIR/${row}_pairs" stage_capacity.gin 1,2,4,8,16 "$@"
     fi
   done
 fi

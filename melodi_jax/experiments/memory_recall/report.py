@@ -5,8 +5,8 @@
 
 Reads <saved>/<row>/ (mqar_test_<step>.json from score.py, model_stats.json, memory_usage.json,
 and <row>_k0/ + <row>/ with each curriculum stage's config.gin and train_metrics.jsonl; formation/
-and reach/ with stage 3's and stage 4's N = 1 scores and gates, capacity/ with stage 5's N = 1..16
-scores, when they ran), so the report rebuilds without the training folders.
+and reach/ with stage 3's and stage 4's N = 1 scores and gates, pairs/ and capacity/ with stage 5's
+N = 1, 4 and N = 1..16 scores, when they ran), so the report rebuilds without the training folders.
 """
 from __future__ import annotations
 
@@ -107,6 +107,7 @@ def load_row(saved: str, row: str) -> dict | None:
           'stages': stages, 'formation': _load_stage(os.path.join(folder, 'formation')),
           'reach': _load_stage(os.path.join(folder, 'reach')),
           'retrieval': _optional_json(os.path.join(folder, 'retrieval_hits.json')),
+          'pairs': _load_stage(os.path.join(folder, 'pairs')),
           'capacity': _load_stage(os.path.join(folder, 'capacity'))}
 
 
@@ -329,7 +330,9 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
   loaded = [data for data in (load_row(saved, row) for row in rows) if data]
   missing = [row for row in rows if row not in {d['row'] for d in loaded}]
   if not loaded:
-    raise cli.UserError(f'no finished row under {saved}: run launch/experiments/memory_recall.sh')
+    raise cli.UserError(f'no finished row under {saved} (a row needs its stage-2 test score, '
+                        'mqar_test_<step>.json): run launch/experiments/memory_recall.sh with '
+                        'stage 2, or point --saved (OUT_DIR) at the folder holding those outputs')
   first = loaded[0]
   config = first['score']['config']
   chance = first['score']['chance']
@@ -375,7 +378,8 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     k0 = by.get((4, 0))
     k0_text = f'{k0["accuracy"]:.2f} ± {k0["standard_error"]:.2f}' if k0 else 'n/a'
     seconds = sum(s['seconds'] for s in data['stages'].values()) + sum(
-        data[stage]['seconds'] for stage in ('formation', 'reach', 'capacity') if data[stage])
+        data[stage]['seconds'] for stage in ('formation', 'reach', 'pairs', 'capacity')
+        if data[stage])
     floats = data['stats'].get('memory_floats_per_lane', {})
     floats = floats.get('floats') if isinstance(floats, dict) else floats
     text.append(f'| {LABELS.get(data["row"], data["row"])} | {note} | '
@@ -401,10 +405,19 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     png = f'memory_recall_capacity_{data["row"]}.png'
     plot_capacity(data, cells, os.path.join(out, png), chance)
     text += [f'## Stage 5: capacity ({label})', '',
-             'From stage 4, 300 more steps of N = 1, 2, 4 or 8 pairs asked k = 2, 4 or 8 windows '
-             'later (`configs/experiments/memory_recall/stage_capacity.gin`), scored on N = 1..16 '
-             'of the test grid: how many pairs the memory holds, and how far. Peak learning '
-             f'rate (its config.gin): {_rate(data["capacity"]["peak_learning_rate"])}.', '']
+             'From stage 1, 200 steps of N = 2 pairs asked k = 1 window later '
+             '(`configs/experiments/memory_recall/stage_pairs.gin`: stage 3 with two pairs, so the '
+             'write that forms keeps each value with its key; with one pair it keeps the value '
+             'alone: results/memory_recall/diagnostics/README.md, "MELODI\'s capacity"); then 300 '
+             'steps of N = 1, 2, 4 or 8 pairs asked k = 2, 4 or 8 windows later '
+             '(`configs/experiments/memory_recall/stage_capacity.gin`), scored on N = 1..16 of the '
+             'test grid: how many pairs the memory holds, and how far. Peak learning rate (their '
+             f'config.gin): {_rate((data["pairs"] or {}).get("peak_learning_rate"))}, then '
+             f'{_rate(data["capacity"]["peak_learning_rate"])}.', '']
+    if data['pairs']:
+      text += ['After the two-pair formation (N = 1, 4 of the test grid):', '']
+      text += _cell_table({'score': data['pairs']['score']})
+      text += ['', 'After capacity:', '']
     text += _cell_table({'score': data['capacity']['score']})
     span = fifo_span(data['config'])
     text += ['', f'Pairs recalled per episode (N x accuracy, mean over k = 1..{span}): ' + ', '.join(
