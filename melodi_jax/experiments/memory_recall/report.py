@@ -360,7 +360,8 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
       f'k = 0 only; stage 2, warm-started from it, {stage2[-1]["step"] if stage2 else "?"} steps '
       f'of k in {config["distances"]}; N in {config["num_pairs"]}; '
       f'{first["score"]["segment_length"]}-token segments, one train document per segment (so '
-      'the loss reaches every memory write); loss on the query values only. Model and optimizer: '
+      'the loss reaches every memory write); loss on the query values only: the main table. '
+      'Stages 3-5 (formation, reach, capacity) follow in their own sections. Model and optimizer: '
       'the operative config.gin saved with each row.',
       '',
   ]
