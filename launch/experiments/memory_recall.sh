@@ -16,8 +16,8 @@
 #      pairs the memory holds.
 # Stage 2 is scored on the test grid (N in {1, 4, 16} x k in {0, 1, 2, 4, 8, 16, 32, 64},
 # memory carried across segments), stages 3-4 on its N = 1 part, stage 5 on N = 1, 4 (pairs) and
-# N = 1..16 (capacity); their gates
-# and attention mass on memory are measured, the row's small outputs are copied to
+# N = 1..16 (capacity); their gates and attention mass on memory are measured, the row's small
+# outputs are copied to
 # $OUT_DIR/memory_recall/<row>/ (committed: the report rebuilds from them without retraining),
 # and $OUT_DIR/memory_recall.md + plots are written.
 # Resumable: finished stages, scores and measurements are skipped; an interrupted run resumes.
