@@ -70,3 +70,25 @@ def test_signal_cli_reads_the_stage_config_and_rejects_other_tasks():
   assert wrong.returncode == 2 and 'mqar_bytes' in wrong.stderr.strip().splitlines()[-1]
   missing = _signal_cli()
   assert missing.returncode == 2 and '--gin_file is required' in missing.stderr
+
+
+def test_stage_pairs_is_the_formation_stage_with_two_pairs():
+  """Stage 5a (stage_pairs.gin) includes stage 3's file and asks N = 2 only: every scored value of
+  its train split is in an N = 2, k = 1 episode, on stage 3's lanes, segments and steps."""
+  done = _signal_cli('--gin_file=experiments/memory_recall/melodi.gin',
+                     '--gin_file=experiments/memory_recall/stage_pairs.gin',
+                     '--gin_bindings=MQARConfig.train_documents = 8', '--json')
+  assert done.returncode == 0, done.stderr[-2000:]
+  table = json.loads(done.stdout)
+  assert {(row['pairs'], row['distance']) for row in table['rows']} == {(2, 1)}
+  assert (table['batch_size'], table['segment_length'], table['num_steps']) == (64, 128, 200)
+
+
+def test_memory_recall_script_rejects_unknown_stages():
+  env = dict(os.environ, STAGES='3 6', RUNS_ROOT=os.devnull + '_never_used')
+  done = subprocess.run(['bash', 'launch/experiments/memory_recall.sh'], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      "error: STAGES='3 6': stages are 1..5, e.g. STAGES='3 4'"]
+  assert done.stdout == ''
