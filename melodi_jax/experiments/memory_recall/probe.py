@@ -11,9 +11,10 @@ stored key from each leaf of the memory it carries into window k, the query's (t
 values, the short-term memory tokens, the XL cache, ...), once from the slots concatenated and once
 pooled over the slots (mean and max: a read-out that does not depend on where in the window the
 pair was; the concatenated one must learn every position separately and fails on a
-Transformer-XL cache that demonstrably holds the pair). Chance is 1 / value_vocab (1 / key_vocab). With N > 1 pairs every figure is also given per
-pair, in store order (the first pair written, the second, ...): the read-out of each pair's value
-and key, and the recall of each; `value` / `key` / `recall` are their means.
+Transformer-XL cache that demonstrably holds the pair). Chance is 1 / value_vocab (1 / key_vocab).
+With N > 1 pairs every figure is also given per pair, in store order (the first pair written, the
+second, ...): the read-out of each pair's value and key, and the recall of each; `value` / `key` /
+`recall` are their means.
 
 - decodable from a leaf but the model's recall at k is at chance: written and carried, not read;
 - not decodable from any leaf: not written (the write path never learned to keep the pair), or,
@@ -38,7 +39,7 @@ def define_flags() -> None:
   beside other entry points)."""
   flags.DEFINE_string('workdir', None, 'A training run folder (trained on mqar_bytes).')
   flags.DEFINE_integer('step', None, 'Checkpoint step (default: the latest).')
-  flags.DEFINE_integer('documents', 2048, 'N = 1 episodes to probe.')
+  flags.DEFINE_integer('documents', 2048, 'Episodes to probe.')
   flags.DEFINE_integer('distance', 1, 'k: windows from the store to the query (>= 1).')
   flags.DEFINE_integer('pairs', 1, 'N: key -> value pairs stored per episode (>= 1).')
   flags.DEFINE_float('ridge', 1.0, 'L2 penalty of the linear read-out (features standardised).')

@@ -23,6 +23,10 @@ from melodi_jax.experiments.reporting import LABELS, git_commit, machine
 from melodi_jax.train import cli
 
 
+# The later curriculum stages' saved folders under <saved>/<row>/: stage 3, 4, 5a and 5b.
+LATER_STAGES = ('formation', 'reach', 'pairs', 'capacity')
+
+
 def _read_json(path: str) -> Any:
   with open(path, encoding='utf-8') as f:
     return json.load(f)
@@ -104,11 +108,9 @@ def load_row(saved: str, row: str) -> dict | None:
   return {'row': row, 'score': _read_json(scores[-1]), 'config': config_text,
           'stats': _read_json(os.path.join(folder, 'model_stats.json')),
           'usage': _read_json(usage_path) if os.path.isfile(usage_path) else {},
-          'stages': stages, 'formation': _load_stage(os.path.join(folder, 'formation')),
-          'reach': _load_stage(os.path.join(folder, 'reach')),
-          'retrieval': _optional_json(os.path.join(folder, 'retrieval_hits.json')),
-          'pairs': _load_stage(os.path.join(folder, 'pairs')),
-          'capacity': _load_stage(os.path.join(folder, 'capacity'))}
+          'stages': stages,
+          'retrieval': _optional_json(os.path.join(folder, 'retrieval_hits.json'))} | {
+              stage: _load_stage(os.path.join(folder, stage)) for stage in LATER_STAGES}
 
 
 def _load_stage(folder: str) -> dict | None:
@@ -379,8 +381,7 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
     k0 = by.get((4, 0))
     k0_text = f'{k0["accuracy"]:.2f} ± {k0["standard_error"]:.2f}' if k0 else 'n/a'
     seconds = sum(s['seconds'] for s in data['stages'].values()) + sum(
-        data[stage]['seconds'] for stage in ('formation', 'reach', 'pairs', 'capacity')
-        if data[stage])
+        data[stage]['seconds'] for stage in LATER_STAGES if data[stage])
     floats = data['stats'].get('memory_floats_per_lane', {})
     floats = floats.get('floats') if isinstance(floats, dict) else floats
     text.append(f'| {LABELS.get(data["row"], data["row"])} | {note} | '
