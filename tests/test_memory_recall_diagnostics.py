@@ -92,3 +92,13 @@ def test_memory_recall_script_rejects_unknown_stages():
   assert done.stderr.strip().splitlines() == [
       "error: STAGES='3 6': stages are 1..5, e.g. STAGES='3 4'"]
   assert done.stdout == ''
+
+
+def test_memory_recall_script_rejects_a_bad_jobs_count():
+  env = dict(os.environ, JOBS='two', RUNS_ROOT=os.devnull + '_never_used')
+  done = subprocess.run(['bash', 'launch/experiments/memory_recall.sh'], cwd=REPO, env=env,
+                        capture_output=True, text=True, timeout=120)
+  assert done.returncode == 2
+  assert done.stderr.strip().splitlines() == [
+      "error: JOBS='two': the number of rows trained at once, e.g. JOBS=2"]
+  assert done.stdout == ''

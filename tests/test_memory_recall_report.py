@@ -214,3 +214,16 @@ def test_probe_lists_pairs_in_store_order_with_their_queries():
     assert np.all(at >= episode.query)
   # The queries come in a new order, so store order is not query order somewhere.
   assert any(np.any(np.argsort(e.source_positions) != np.arange(4)) for _, e in episodes)
+
+
+def test_wall_time_sums_every_invocation_of_the_ledger(tmp_path):
+  assert 'not recorded' in report.wall_time_text(str(tmp_path))
+  runs = [dict(started='2026-12-04T10:00:00Z', seconds=3600.0, jobs=2, stages='1 2 3 4 5',
+               rows='vanilla melodi', status=130, cores=2, cpu='Xeon'),
+          dict(started='2026-12-04T12:00:00Z', seconds=1800.0, jobs=2, stages='1 2 3 4 5',
+               rows='vanilla melodi', status=0, cores=2, cpu='Xeon')]
+  with open(tmp_path / 'benchmark_wall.jsonl', 'w', encoding='utf-8') as f:
+    f.writelines(json.dumps(run) + '\n' for run in runs)
+  text = report.wall_time_text(str(tmp_path))
+  assert text.startswith('Wall time of the whole benchmark: 1.50 h (90 min) over 2 invocation(s)')
+  assert '(1 interrupted and resumed), 2 row(s) trained at once (JOBS), on 2 cores, Xeon' in text

@@ -289,6 +289,26 @@ def expectations(data: dict, chance: float) -> list[str]:
   return lines
 
 
+def wall_time_text(saved: str) -> str:
+  """The whole benchmark's wall time from the launch script's ledger (benchmark_wall.jsonl: one
+  line per invocation that trained, interrupted ones included), in one sentence."""
+  path = os.path.join(saved, 'benchmark_wall.jsonl')
+  if not os.path.isfile(path):
+    return ('Wall time of the whole benchmark: not recorded with these outputs (the per-row train '
+            'time below counts training only).')
+  with open(path, encoding='utf-8') as f:
+    runs = [json.loads(line) for line in f if line.strip()]
+  seconds = sum(run['seconds'] for run in runs)
+  jobs = sorted({run['jobs'] for run in runs})
+  machines = sorted({f'{run["cores"]} cores, {run["cpu"]}' for run in runs})
+  stopped = sum(1 for run in runs if run['status'] != 0)
+  return (f'Wall time of the whole benchmark: {seconds / 3600:.2f} h ({seconds / 60:.0f} min) '
+          f'over {len(runs)} invocation(s) of the command ({stopped} interrupted and resumed), '
+          f'{" / ".join(str(j) for j in jobs)} row(s) trained at once (JOBS), on '
+          f'{"; ".join(machines)}: training, scoring and measuring, every stage and row '
+          f'(`{os.path.basename(path)}`).')
+
+
 def _rate(rate: float | None) -> str:
   return 'not recorded' if rate is None else f'{rate:g}'
 
@@ -365,6 +385,8 @@ def write(saved: str, out: str, rows: Sequence[str], command: str) -> str:
       'the loss reaches every memory write); loss on the query values only: the main table. '
       'Stages 3-5 (formation, reach, capacity) follow in their own sections. Model and optimizer: '
       'the operative config.gin saved with each row.',
+      '',
+      wall_time_text(saved),
       '',
   ]
   if missing:
