@@ -250,7 +250,13 @@ def test_two_processes_compute_what_one_process_computes(tmp_path, data_dir):
   assert set(stops) == {'[p0]', '[p1]'} and len(set(stops.values())) == 1, (stops,
                                                                            output[-5000:])
   stop_step = int(stops['[p0]'])
-  assert stop_step + 2 <= REFERENCE_STEPS, f'stopped late, at step {stop_step}'
+  if stop_step + 2 > REFERENCE_STEPS:
+    # A busy machine: the stop landed late. The reference continues from its own last
+    # checkpoint (its schedule does not depend on num_steps: decay_steps is fixed), which equals
+    # training it uninterrupted (tests/test_train_resume.py checks resumes bit for bit).
+    reference = _train_in_process(one, f'TrainConfig.num_steps = {stop_step + 2}',
+                                  'TrainConfig.checkpoint_every = 1')
+  assert set(reference) >= set(range(1, stop_step + 3)), (stop_step, sorted(reference))
   assert max(_losses(two)) == stop_step
   _assert_close_losses(_losses(two), reference, range(1, stop_step + 1),
                        '2 processes from scratch')
