@@ -84,21 +84,13 @@ def test_stage_pairs_is_the_formation_stage_with_two_pairs():
   assert (table['batch_size'], table['segment_length'], table['num_steps']) == (64, 128, 200)
 
 
-def test_memory_recall_script_rejects_unknown_stages():
-  env = dict(os.environ, STAGES='3 6', RUNS_ROOT=os.devnull + '_never_used')
+@pytest.mark.parametrize('variable, value, message', [
+    ('STAGES', '3 6', "error: STAGES='3 6': stages are 1..5, e.g. STAGES='3 4'"),
+    ('JOBS', 'two', "error: JOBS='two': the number of rows trained at once, e.g. JOBS=2")])
+def test_memory_recall_script_rejects_bad_settings(variable, value, message):
+  env = dict(os.environ, RUNS_ROOT=os.devnull + '_never_used', **{variable: value})
   done = subprocess.run(['bash', 'launch/experiments/memory_recall.sh'], cwd=REPO, env=env,
                         capture_output=True, text=True, timeout=120)
   assert done.returncode == 2
-  assert done.stderr.strip().splitlines() == [
-      "error: STAGES='3 6': stages are 1..5, e.g. STAGES='3 4'"]
-  assert done.stdout == ''
-
-
-def test_memory_recall_script_rejects_a_bad_jobs_count():
-  env = dict(os.environ, JOBS='two', RUNS_ROOT=os.devnull + '_never_used')
-  done = subprocess.run(['bash', 'launch/experiments/memory_recall.sh'], cwd=REPO, env=env,
-                        capture_output=True, text=True, timeout=120)
-  assert done.returncode == 2
-  assert done.stderr.strip().splitlines() == [
-      "error: JOBS='two': the number of rows trained at once, e.g. JOBS=2"]
+  assert done.stderr.strip().splitlines() == [message]
   assert done.stdout == ''
