@@ -227,3 +227,13 @@ def test_wall_time_sums_every_invocation_of_the_ledger(tmp_path):
   text = report.wall_time_text(str(tmp_path))
   assert text.startswith('Wall time of the whole benchmark: 1.50 h (90 min) over 2 invocation(s)')
   assert '(1 interrupted and resumed), 2 row(s) trained at once (JOBS), on 2 cores, Xeon' in text
+  assert text.endswith('.') and 'discarded' not in text
+  # A discarded run is counted apart: its queue time over the queues it shared the machine with.
+  with open(tmp_path / 'benchmark_wall.jsonl', 'a', encoding='utf-8') as f:
+    f.write(json.dumps(dict(discarded='melodi stage 2 at 400 steps', queue_seconds=1200.0,
+                            jobs=2)) + '\n')
+  text = report.wall_time_text(str(tmp_path))
+  assert text.startswith('Wall time of the whole benchmark: 1.50 h (90 min) over 2 invocation(s)')
+  assert text.endswith('Of that, ~10 min went to 1 run(s) discarded since (melodi stage 2 at 400 '
+                       'steps: their queue time / JOBS, from the run log), so these results took '
+                       '~1.33 h (80 min).')

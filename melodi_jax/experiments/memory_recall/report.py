@@ -291,22 +291,37 @@ def expectations(data: dict, chance: float) -> list[str]:
 
 def wall_time_text(saved: str) -> str:
   """The whole benchmark's wall time from the launch script's ledger (benchmark_wall.jsonl: one
-  line per invocation that trained, interrupted ones included), in one sentence."""
+  line per invocation that trained, interrupted ones included), in one sentence.
+
+  A ledger line with a "discarded" key is not an invocation: it names a run that an invocation
+  trained and that was then thrown away (e.g. a budget tried and changed), with its
+  "queue_seconds" (the time one queue spent on it, from the run log) and the "jobs" it ran beside;
+  queue_seconds / jobs of wall time is then counted apart from the results' own.
+  """
   path = os.path.join(saved, 'benchmark_wall.jsonl')
   if not os.path.isfile(path):
     return ('Wall time of the whole benchmark: not recorded with these outputs (the per-row train '
             'time below counts training only).')
   with open(path, encoding='utf-8') as f:
-    runs = [json.loads(line) for line in f if line.strip()]
+    lines = [json.loads(line) for line in f if line.strip()]
+  runs = [line for line in lines if 'discarded' not in line]
+  discarded = [line for line in lines if 'discarded' in line]
   seconds = sum(run['seconds'] for run in runs)
   jobs = sorted({run['jobs'] for run in runs})
   machines = sorted({f'{run["cores"]} cores, {run["cpu"]}' for run in runs})
   stopped = sum(1 for run in runs if run['status'] != 0)
-  return (f'Wall time of the whole benchmark: {seconds / 3600:.2f} h ({seconds / 60:.0f} min) '
+  text = (f'Wall time of the whole benchmark: {seconds / 3600:.2f} h ({seconds / 60:.0f} min) '
           f'over {len(runs)} invocation(s) of the command ({stopped} interrupted and resumed), '
           f'{" / ".join(str(j) for j in jobs)} row(s) trained at once (JOBS), on '
           f'{"; ".join(machines)}: training, scoring and measuring, every stage and row '
-          f'(`{os.path.basename(path)}`).')
+          f'(`{os.path.basename(path)}`)')
+  if not discarded:
+    return text + '.'
+  wasted = sum(line['queue_seconds'] / line['jobs'] for line in discarded)
+  return (text + f'. Of that, ~{wasted / 60:.0f} min went to {len(discarded)} run(s) discarded '
+          f'since ({"; ".join(line["discarded"] for line in discarded)}: their queue time / JOBS, '
+          f'from the run log), so these results took ~{(seconds - wasted) / 3600:.2f} h '
+          f'({(seconds - wasted) / 60:.0f} min).')
 
 
 def _rate(rate: float | None) -> str:
