@@ -159,6 +159,11 @@ def test_reach_from_the_operative_config():
   note, horizon = report.reach(GIN['melodi_long_only'] + 'ModelConfig.window_length = 64\n'
                                'ModelConfig.num_layers = 4\n')
   assert horizon == 32 and 'FIFO of 256 slots (8 per window)' in note and 'short' not in note
+  # MemLong's index evicts its least-retrieved chunk, not its oldest: no fixed horizon.
+  note, horizon = report.reach('ModelConfig.stack = @MemLongStack()\nMemLongStack.chunks = 32\n'
+                               'MemLongStack.top_k = 4\nModelConfig.window_length = 64\n'
+                               'ModelConfig.num_layers = 4\n')
+  assert horizon is None and 'top-4 of 32 stored windows' in note and 'least-retrieved' in note
 
 
 def test_probe_read_out_recovers_a_linear_code_and_not_noise():
