@@ -18,6 +18,9 @@ GIN = {
     'melodi_short_only': ('ModelConfig.stack = @MelodiStack()\nMelodiStack.short_term_slots = 16\n'
                           'MelodiStack.long_term_layers = ()\nMelodiStack.long_term_slots = 256\n'
                           'MelodiStack.long_term_increment = 8\n'),
+    'melodi': ('ModelConfig.stack = @MelodiStack()\nMelodiStack.short_term_slots = 16\n'
+               'MelodiStack.long_term_layers = (2,)\nMelodiStack.long_term_slots = 256\n'
+               'MelodiStack.long_term_increment = 8\n'),
 }
 
 
@@ -181,11 +184,12 @@ def test_probe_read_out_recovers_a_linear_code_and_not_noise():
 
 
 def test_melodi_reach_is_checked_after_stage_4(tmp_path):
-  """A MELODI row with a long-term FIFO must be above chance (3 standard errors) at N = 1 for
-  every k up to the FIFO's span after stage 4; a short-term-only row, one window back."""
+  """A MELODI row with a long-term FIFO (S+L too) must be above chance (3 standard errors) at
+  N = 1 for every k up to the FIFO's span after stage 4; a short-term-only row, one window back."""
   saved, out = str(tmp_path / 'saved'), str(tmp_path / 'out')
   reach = {'melodi_long_only': {1: 0.6, 8: 0.5, 32: 0.02, 64: 0.0},   # k = 32 at chance
-           'melodi_short_only': {1: 0.9, 8: 0.4, 32: 0.0, 64: 0.0}}
+           'melodi_short_only': {1: 0.9, 8: 0.4, 32: 0.0, 64: 0.0},
+           'melodi': {1: 0.9, 8: 0.5, 32: 0.3, 64: 0.0}}   # S+L: checked up to its FIFO's span
   for row, accuracy in reach.items():
     _saved_row(saved, row, lambda k: 1.0 if k == 0 else 0.02)
     cells = [{'pairs': 1, 'distance': k, 'documents': 4, 'accuracy': a, 'standard_error': 0.02,
@@ -197,6 +201,8 @@ def test_melodi_reach_is_checked_after_stage_4(tmp_path):
           'stage 4: **does not hold** (weakest 0.020 ± 0.020 at k = 32)') in text
   assert ('N = 1 above chance + 3 standard errors one window back (k = 1), after stage 4: '
           '**holds** (0.900 ± 0.020; above chance at k = 1, 8)') in text
+  assert ('N = 1 above chance + 3 standard errors at every k up to the FIFO span (32), after '
+          'stage 4: **holds** (weakest 0.300 ± 0.020 at k = 32)') in text
 
 
 def test_probe_lists_pairs_in_store_order_with_their_queries():

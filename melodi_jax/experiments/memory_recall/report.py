@@ -274,7 +274,8 @@ def expectations(data: dict, chance: float) -> list[str]:
   if row.startswith('melodi') and data.get('reach'):
     # The compressed memories' reach is measured after stage 4 (N = 1 only, k = 2..8 trained).
     source = [c for c in data['reach']['score']['cells'] if c['pairs'] == 1]
-    if horizon is None:   # a short-term recurrence: no fixed horizon; report how far it carries
+    has_fifo = re.search(r'= the last (\d+) windows', reach(data['config'])[0])
+    if not has_fifo:   # a short-term recurrence only: no fixed horizon; how far it carries
       carried = [c['distance'] for c in source if c['distance'] >= 1 and _above_chance(c, chance)]
       one = next((c for c in source if c['distance'] == 1), None)
       if one:
