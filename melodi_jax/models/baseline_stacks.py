@@ -57,12 +57,27 @@ class MemorizingStack:
   memory_slots: int = 65536     # entries per lane and head
   top_k: int = 32               # 0: dense
   approximate: bool = False     # jax.lax.approx_max_k (TPU) instead of exact top-k
+  # Entries in the train step's memory (0: memory_slots). When every training document fits this
+  # many tokens (the memory resets at each document start), a smaller training buffer holds every
+  # key the full one would, the empty slots get no weight, and the step is cheaper; evaluation
+  # keeps memory_slots. A longer document overwrites its oldest entries, as the full buffer does.
+  train_memory_slots: int = 0
+
+  def for_training(self) -> 'MemorizingStack':
+    """This plan with the training buffer (ModelConfig.for_training)."""
+    return dataclasses.replace(self, memory_slots=self.train_memory_slots or self.memory_slots,
+                               train_memory_slots=0)
 
   def layers(self, config: ModelConfig) -> tuple[XLLayerOptions, ...]:
     _require((self.memory_slots >= config.window_length,
               f'MemorizingStack.memory_slots = {self.memory_slots} must hold at least one window '
               f'(ModelConfig.window_length = {config.window_length})'),
-             (self.top_k >= 0, 'MemorizingStack.top_k must be >= 0 (0: dense attention)'))
+             (self.top_k >= 0, 'MemorizingStack.top_k must be >= 0 (0: dense attention)'),
+             (self.train_memory_slots == 0 or
+              config.window_length <= self.train_memory_slots <= self.memory_slots,
+              f'MemorizingStack.train_memory_slots = {self.train_memory_slots} must be 0 (the '
+              f'same as memory_slots) or hold one window ({config.window_length}) and at most '
+              f'memory_slots ({self.memory_slots})'))
     memory = knn.KnnMemory(self.memory_slots, self.top_k, self.approximate)
     return _with_addon(config, self.memory_layer, 'MemorizingStack.memory_layer', memory)
 

@@ -84,6 +84,14 @@ class ModelConfig:
     window_extras = getattr(self.stack, 'window_extras', None)
     return tuple(window_extras(self)) if window_extras else ()
 
+  def for_training(self) -> 'ModelConfig':
+    """The config the trainer's train step runs: the stack plan's `for_training()` where it
+    has one (a memory sized for training documents, e.g. `MemorizingStack.train_memory_slots`);
+    else this config. Parameters are the same either way; evaluation uses this config."""
+    for_training = getattr(self.stack, 'for_training', None)
+    stack = for_training() if for_training else self.stack
+    return self if stack == self.stack else dataclasses.replace(self, stack=stack)
+
   def attention_kwargs(self) -> dict:
     """Keyword arguments of layers.attention.Attention for this model."""
     return dict(model_dim=self.model_dim, num_heads=self.num_heads, head_dim=self.head_dim,

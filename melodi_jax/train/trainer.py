@@ -103,6 +103,11 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
   # Model.
   if model is None:
     model = cli.build_model(config.segment_length)
+  # The train step's model: the same parameters, its memory sized for training documents where
+  # the stack plan says so (ModelConfig.for_training); evaluation runs `eval_model`.
+  eval_model = model
+  if model.config.for_training() is not model.config:
+    model = model.clone(config=model.config.for_training())
   batch_size, segment_length = config.batch_size, config.segment_length
   window_length = model.window_length
   partitioning.check_batch_divides(batch_size, mesh)
@@ -215,7 +220,7 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
         task=config.task, split=config.eval_split, batch_size=config.eval_batch,
         segment_length=segment_length, window_length=window_length, train=False,
         text_dir=config.text_dir, tfds_data_dir=tfds_data_dir)
-    eval_runner = evaluator.Evaluator(model, mesh, params_sharding, eval_spec,
+    eval_runner = evaluator.Evaluator(eval_model, mesh, params_sharding, eval_spec,
                                       stream_factory=stream_factory,
                                       max_batches=config.eval_max_batches,
                                       position_buckets=config.eval_position_buckets)
