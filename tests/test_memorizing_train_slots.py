@@ -16,7 +16,7 @@ WINDOW, WINDOWS = 8, 4
 
 
 def _config(top_k: int, train_slots: int) -> ModelConfig:
-  return ModelConfig(vocab_size=32, num_layers=2, model_dim=16, num_heads=2, head_dim=8,
+  return ModelConfig(vocab_size=256, num_layers=2, model_dim=16, num_heads=2, head_dim=8,
                      mlp_dim=32, window_length=WINDOW, dropout_rate=0.0, dtype='float32',
                      stack=MemorizingStack(memory_layer=1, memory_slots=8 * WINDOW, top_k=top_k,
                                            train_memory_slots=train_slots))
@@ -60,3 +60,22 @@ def test_other_plans_train_as_they_evaluate_and_bad_sizes_are_user_errors():
     _config(0, train_slots=128).layer_options()
   with pytest.raises(UserError, match='train_memory_slots = 4 must be 0'):
     _config(0, train_slots=4).layer_options()
+
+
+def test_the_trainer_steps_with_the_training_buffer_and_evaluates_with_the_full_one(
+    tmp_path, monkeypatch):
+  import test_train_support as support  # pylint: disable=import-outside-toplevel
+  from melodi_jax.train import evaluator, trainer  # pylint: disable=import-outside-toplevel
+  seen = {}
+
+  def spy(name, original):
+    def wrapped(model, *args, **kwargs):
+      seen[name] = model.config.stack.memory_slots
+      return original(model, *args, **kwargs)
+    return wrapped
+
+  monkeypatch.setattr(trainer, 'make_train_step', spy('train', trainer.make_train_step))
+  monkeypatch.setattr(evaluator, 'Evaluator', spy('eval', evaluator.Evaluator))
+  config = _config(0, train_slots=support.SEGMENT)
+  losses = support.run_training(tmp_path, model=DecoderLM(config), num_steps=2, eval_every=2)
+  assert sorted(losses) == [1, 2] and seen == {'train': support.SEGMENT, 'eval': 8 * WINDOW}
