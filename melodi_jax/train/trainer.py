@@ -105,9 +105,9 @@ def train(config: TrainConfig, workdir: str, *, model=None, tfds_data_dir: str |
     model = cli.build_model(config.segment_length)
   # The train step's model: the same parameters, its memory sized for training documents where
   # the stack plan says so (ModelConfig.for_training); evaluation runs `eval_model`.
-  eval_model = model
-  if model.config.for_training() is not model.config:
-    model = model.clone(config=model.config.for_training())
+  eval_model, train_model_config = model, model.config.for_training()
+  if train_model_config is not model.config:
+    model = model.clone(config=train_model_config)
   batch_size, segment_length = config.batch_size, config.segment_length
   window_length = model.window_length
   partitioning.check_batch_divides(batch_size, mesh)
