@@ -102,6 +102,15 @@ def _fractions(flops_per_step: float, walls, cpus, probes, roofline) -> dict:
                                                                  for p in probes)}
 
 
+def _remat_mode(config) -> str:
+  """What the train step keeps per window for its backward pass (ModelConfig.remat, remat_saves)."""
+  if not config.remat:
+    return 'none (every activation saved)'
+  if config.remat_saves == 'nothing':
+    return 'recomputing scan (each window recomputed)'
+  return f'checkpointed windows saving {config.remat_saves}'
+
+
 def _peak_rss_bytes() -> int:
   return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024   # Linux reports KiB
 
@@ -188,6 +197,7 @@ def run_benchmark(model: models.DecoderLM, batch_size: int, segment_length: int,
       'dtype': jnp.dtype(model.config.dtype).name, 'batch_size': batch_size,
       'segment_length': segment_length, 'window_length': window, 'num_windows': num_windows,
       'parameters': int(sum(x.size for x in jax.tree_util.tree_leaves(params))),
+      'remat': _remat_mode(model.config),
       'init_s': init_s,
       'train': dict(dataclasses.asdict(train), lower_s=lower_s, compile_cpu_s=compile_cpu_s,
                     cpu_median_s=statistics.median(cpus),
@@ -259,7 +269,7 @@ def _format(result: dict, name: str) -> str:
   lines = [f'{name}: {result["parameters"] / 1e6:.1f}M parameters, {result["dtype"]}, '
            f'B = {result["batch_size"]}, T = {result["segment_length"]} '
            f'({result["num_windows"]} windows of {result["window_length"]}), '
-           f'{result["backend"]} ({result["device"]})']
+           f'{result["backend"]} ({result["device"]}); remat: {result["remat"]}']
   if 'roofline' in result:
     roof = result['roofline']
     lines.append(f'  roofline: {roof["flops_per_s"] / 1e9:.1f} GFLOP/s wall, '

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 import zoo
+from melodi_jax.errors import UserError
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models.decoder import WindowStack
 
@@ -147,14 +148,22 @@ REMAT_CONFIGS = ['melodi', 'melodi_long_only', 'transformer_xl', 'memorizing', '
                  'memlong', 'vanilla']
 
 
+# ModelConfig.remat_saves = 'dots' (the plain scan of a checkpointed window): a FIFO and
+# short-term memory (MELODI), a cache (Transformer-XL).
+REMAT_DOTS_CONFIGS = ['melodi', 'transformer_xl']
+
+
 @pytest.mark.slow
-@pytest.mark.parametrize('name', REMAT_CONFIGS)
-def test_remat_gives_the_same_loss_gradients_and_memory(name):
-  """ModelConfig.remat (models/recompute.py) changes what is stored, not what is computed: loss,
-  gradients (also into the carried-in memory) and new memory equal the plain scan's, across a
-  mid-segment document start in one lane and none in the other."""
+@pytest.mark.parametrize('name,saves', [(name, 'nothing') for name in REMAT_CONFIGS] +
+                         [(name, 'dots') for name in REMAT_DOTS_CONFIGS] +
+                         [('transformer_xl', 'all_dots')])
+def test_remat_gives_the_same_loss_gradients_and_memory(name, saves):
+  """ModelConfig.remat (models/recompute.py; with remat_saves = 'dots' a checkpointed window that
+  keeps its weight-matmul outputs) changes what is stored, not what is computed: loss, gradients
+  (also into the carried-in memory) and new memory equal the plain scan's, across a mid-segment
+  document start in one lane and none in the other."""
   plain, variables = zoo.build(name), zoo.params(name)
-  remat = zoo.build(name, ('ModelConfig.remat = True',))
+  remat = zoo.build(name, ('ModelConfig.remat = True', f"ModelConfig.remat_saves = '{saves}'"))
   windows = 5
   tokens = zoo.random_tokens(BATCH, windows * plain.window_length, seed=3)
   warm_tokens = zoo.random_tokens(BATCH, windows * plain.window_length, seed=4)
@@ -187,3 +196,32 @@ def test_remat_gives_the_same_loss_gradients_and_memory(name):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=1e-6)
   if name != 'vanilla':
     assert any(np.any(g != 0) for g in want_grads[1]), 'no gradient reached the carried memory'
+
+
+def test_unknown_remat_saves_is_rejected():
+  with pytest.raises(UserError, match="remat_saves = 'dot'.*'nothing', 'dots' or 'all_dots'"):
+    zoo.build('vanilla', ("ModelConfig.remat_saves = 'dot'",))
+
+
+def test_remat_saves_sets_what_the_backward_pass_recomputes():
+  """Executed matmul FLOPs of a gradient (the jaxpr, scans unrolled): 'all_dots' recomputes no
+  matmul (as many as without remat), 'dots' only attention's QK^T and PV (here ~1/9 of what
+  'nothing', the whole window, recomputes; a checkpoint saving nothing would recompute ~all)."""
+  from melodi_jax.bench_lib import flops  # pylint: disable=g-import-not-at-top
+  variables = zoo.params('transformer_xl')
+
+  def executed(bindings):
+    model = zoo.build('transformer_xl', bindings)
+    tokens = zoo.random_tokens(BATCH, 3 * model.window_length, seed=3)
+    memory, doc_start = model.init_memory(BATCH), zoo.doc_starts(BATCH, 3)
+
+    def loss(params):
+      logits, _ = model.apply(params, tokens, memory, doc_start)
+      return jnp.mean(logits)
+    return flops.matmul_flops(jax.grad(loss), variables)
+
+  plain = executed(())
+  saves = {name: executed(('ModelConfig.remat = True', f"ModelConfig.remat_saves = '{name}'"))
+           for name in ('all_dots', 'dots', 'nothing')}
+  assert saves['all_dots'] == plain, (plain, saves)
+  assert 0 < saves['dots'] - plain < 0.5 * (saves['nothing'] - plain), (plain, saves)

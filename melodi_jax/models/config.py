@@ -64,6 +64,9 @@ class ModelConfig:
   dtype: str = 'bfloat16'           # compute dtype; parameters stay float32
   memory_dtype: str = 'float32'     # dtype of the carried memory pytree
   remat: bool = False               # recompute windows in the backward pass (models/recompute.py)
+  remat_saves: str = 'nothing'      # with remat: 'nothing' (the recomputing scan), 'dots' (save
+                                    # each window's weight-matmul outputs, recompute the rest) or
+                                    # 'all_dots' (attention's matmuls too); models/decoder.py
   attention_query_blocks: int = 4   # self-attention skips the keys masked for a whole block of
                                     # queries, in up to this many blocks (1: one block)
   stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin
@@ -120,6 +123,8 @@ class ModelConfig:
          'ModelConfig.position_max_distance must exceed position_buckets / 2'),
         (self.position_bias_scale > 0, 'ModelConfig.position_bias_scale must be positive'),
         (self.attention_query_blocks >= 1, 'ModelConfig.attention_query_blocks must be >= 1'),
+        (self.remat_saves in ('nothing', 'dots', 'all_dots'),
+         f"ModelConfig.remat_saves = {self.remat_saves!r}: use 'nothing', 'dots' or 'all_dots'"),
     ]
     for ok, message in checks:
       if not ok:

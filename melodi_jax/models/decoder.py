@@ -5,7 +5,11 @@ the whole memory pytree, so compile time does not grow with the number of window
 at document starts happens in one place. With `ModelConfig.remat` the same `WindowStack` runs in
 `recompute.window_scan` instead (same values and gradients; each window recomputed in the
 backward pass, long-term FIFOs saved once; dropout keys are then split per window here, so with
-dropout on the random masks differ from the `nn.scan` path's).
+dropout on the random masks differ from the `nn.scan` path's). With `ModelConfig.remat_saves`
+'dots' or 'all_dots' the `nn.scan` path runs a checkpointed window instead, which keeps the
+outputs of its weight matmuls (and, for 'all_dots', attention's QK^T and PV) and recomputes only
+the rest: fewer FLOPs than the recomputing scan, more memory per window (the carry, the long-term
+FIFO included, is then saved once per window).
 What the attention sows for diagnostics (layers/attention.py `INTERMEDIATES`, when the caller makes
 that collection mutable) comes out stacked per window, [N, ...]; such calls take the `nn.scan`
 path even with remat.
@@ -20,6 +24,11 @@ from melodi_jax.layers.attention import INTERMEDIATES, WindowCache
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models import recompute, state
 from melodi_jax.models.config import ModelConfig
+
+
+# ModelConfig.remat_saves -> what a checkpointed window keeps for its backward pass.
+SAVED = {'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
+         'all_dots': jax.checkpoint_policies.dots_saveable}  # and attention's QK^T, PV
 
 
 class WindowStack(nn.Module):
@@ -122,10 +131,14 @@ class DecoderLM(nn.Module):
       x = x.reshape(batch, num_windows, window, config.model_dim).swapaxes(0, 1)  # [N, B, W, d]
       windows = (x, jnp.asarray(doc_start, bool).T)
       recording = self.is_mutable_collection(INTERMEDIATES)
-      if config.remat and not self.is_initializing() and not recording:
+      if (config.remat and config.remat_saves == 'nothing' and not self.is_initializing()
+          and not recording):
         memory, y = self._recomputing_scan(memory, windows, train)
       else:  # (initialization always takes this path: it creates the 'stack' parameters)
-        scan = nn.scan(WindowStack, variable_broadcast='params',
+        body = WindowStack
+        if config.remat and config.remat_saves != 'nothing':
+          body = nn.remat(WindowStack, prevent_cse=False, policy=SAVED[config.remat_saves])
+        scan = nn.scan(body, variable_broadcast='params',
                        variable_axes={INTERMEDIATES: 0},
                        split_rngs={'params': False, 'dropout': True},
                        in_axes=0, out_axes=0, length=num_windows)
