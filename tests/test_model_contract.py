@@ -200,7 +200,10 @@ def test_remat_gives_the_same_loss_gradients_and_memory(name, saves):
 
 def test_unknown_remat_saves_is_rejected():
   with pytest.raises(UserError, match="remat_saves = 'dot'.*'nothing', 'dots' or 'all_dots'"):
-    zoo.build('vanilla', ("ModelConfig.remat_saves = 'dot'",))
+    zoo.build('vanilla', ('ModelConfig.remat = True', "ModelConfig.remat_saves = 'dot'"))
+  # Without remat a policy would be silently ignored.
+  with pytest.raises(UserError, match="remat_saves = 'dots' takes effect only with"):
+    zoo.build('vanilla', ("ModelConfig.remat_saves = 'dots'",))
 
 
 def test_remat_saves_sets_what_the_backward_pass_recomputes():

@@ -125,6 +125,9 @@ class ModelConfig:
         (self.attention_query_blocks >= 1, 'ModelConfig.attention_query_blocks must be >= 1'),
         (self.remat_saves in ('nothing', 'dots', 'all_dots'),
          f"ModelConfig.remat_saves = {self.remat_saves!r}: use 'nothing', 'dots' or 'all_dots'"),
+        (self.remat or self.remat_saves == 'nothing',
+         f'ModelConfig.remat_saves = {self.remat_saves!r} takes effect only with '
+         'ModelConfig.remat = True: bind both'),
     ]
     for ok, message in checks:
       if not ok:
