@@ -32,6 +32,8 @@ def category(op_name: str) -> str:
   match = re.search(r'layer_\d+/([\w]+)(?:/([\w]+))?', op_name)
   if match:
     part = match.group(1)
+    if part == 'attention' and 'attention._project' in op_name:  # the fused q/k/v projections
+      return f'{direction} attention/projections'
     if part == 'attention' and match.group(2) in ('position_bias', 'query', 'key', 'value',
                                                     'out', 'norm'):
       part = f'attention/{match.group(2)}'

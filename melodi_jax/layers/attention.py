@@ -1,9 +1,12 @@
 """The one attention implementation every layer kind uses.
 
-`dot_product_attention` is the primitive (masking, bias, dropout, empty rows). `Attention` is the
-projected, pre-normed sub-layer: its queries attend to their own keys plus any `KeyGroup`s a memory
-supplies (short-term memory, XL cache, retrieved chunks, ...) under one causal mask over positions,
-and optionally to a second, gated `cross` group (long-term memory, kNN memory, recurrent states).
+`dot_product_attention` is the primitive (masking, bias, dropout, top-k, empty rows); its dense
+path without dropout runs, per query block, as `attention_kernel.blocked_attention` (the same
+function with a hand-written backward pass), which is what training and evaluation use.
+`Attention` is the projected, pre-normed sub-layer: its queries attend to their own keys plus any
+`KeyGroup`s a memory supplies (short-term memory, XL cache, retrieved chunks, ...) under one causal
+mask over positions, and optionally to a second, gated `cross` group (long-term memory, kNN
+memory, recurrent states).
 With a `WindowCache` it decodes one token: the query attends to the window's earlier tokens' cached
 keys/values under the same static mask and bias tables, indexed by the token's slot.
 When the caller makes the `INTERMEDIATES` collection mutable, `Attention` also stores what it
@@ -20,10 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 
 from melodi_jax.layers import axes
+from melodi_jax.layers.attention_kernel import MASKED, blocked_attention, sum_lanes
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.layers.position import RelativePositionBias
 
-_MASKED = -1e30  # finite so fully-masked rows stay NaN-free; their output is zeroed below
 # Flax collection of the diagnostics `Attention` sows (model.apply(..., mutable=[INTERMEDIATES])):
 # under each Attention module's path,
 #   self_probs: float32[B, H, Tq, Tk], its softmax over [the groups' keys..., its own keys]
@@ -118,12 +121,12 @@ def masked_top_k(scores: jax.Array, valid: jax.Array, k: int,
   indices int32[..., k], found bool[..., k]); `found` is False where fewer than k were allowed.
   `approximate` uses jax.lax.approx_max_k (fast on TPU) instead of the exact jax.lax.top_k.
   """
-  scores = jnp.where(valid, scores.astype(jnp.float32), _MASKED)
+  scores = jnp.where(valid, scores.astype(jnp.float32), MASKED)
   if approximate:
     top, index = jax.lax.approx_max_k(scores, k)
   else:
     top, index = jax.lax.top_k(scores, k)
-  return top, index, top > _MASKED / 2
+  return top, index, top > MASKED / 2
 
 
 def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
@@ -150,7 +153,7 @@ def dot_product_attention(query: jax.Array, keys: jax.Array, values: jax.Array,
     values = jax.vmap(jax.vmap(lambda v, i: v[i]))(jnp.swapaxes(values, 1, 2), index)
     equation = 'bhqk,bhqkd->bqhd'
   else:
-    logits = jnp.where(mask, logits, _MASKED)
+    logits = jnp.where(mask, logits, MASKED)
     equation = 'bhqk,bkhd->bqhd'
   probs = jax.nn.softmax(logits, axis=-1) * mask
   weights = probs
@@ -175,10 +178,7 @@ def _add_shared_bias_fwd(logits, bias):
 
 
 def _add_shared_bias_bwd(_, grad):
-  total = grad[0]
-  for lane in range(1, grad.shape[0]):
-    total = total + grad[lane]
-  return grad, total[None]
+  return grad, sum_lanes(grad)
 
 
 _add_shared_bias.defvjp(_add_shared_bias_fwd, _add_shared_bias_bwd)
@@ -233,10 +233,20 @@ class Attention(nn.Module):
                                    (self.num_heads, 1 if self.gate_per_head else self.head_dim),
                                    jnp.float32)
 
+  def _project(self, h: jax.Array, projections: Sequence[nn.Module]) -> list[jax.Array]:
+    """[p(h) for p in projections] ([B, T, H, Dh] each) as one matmul over the concatenated
+    kernels: one [d, n x H x Dh] product runs closer to the matmul roofline on CPU than n
+    narrow ones (the same parameters; initialization calls each projection to create them)."""
+    if self.is_initializing():
+      return [p(h) for p in projections]
+    kernels = [nn.meta.unbox(p.variables['params']['kernel']) for p in projections]
+    h, kernel = nn.dtypes.promote_dtype(h, jnp.concatenate(kernels, axis=1), dtype=self.dtype)
+    fused = jnp.einsum('btd,dhk->bthk', h, kernel)
+    return jnp.split(fused, len(projections), axis=2)
+
   def key_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values of hidden states x: [B, K, d] -> ([B, K, H, Dh], [B, K, H, Dh])."""
-    h = self.norm(x)
-    keys, values = self.key(h), self.value(h)
+    keys, values = self._project(self.norm(x), (self.key, self.value))
     if self.normalize_qk:
       keys = _l2_normalize(keys)
     return keys, values
@@ -250,7 +260,7 @@ class Attention(nn.Module):
     ignored): it attends to the cached keys/values of slots 0..index as the window's tokens do.
     """
     h = self.norm(x)
-    query, keys, values = self.query(h), self.key(h), self.value(h)
+    query, keys, values = self._project(h, (self.query, self.key, self.value))
     if self.normalize_qk:
       keys = _l2_normalize(keys)
       query = _l2_normalize(query) * self.qk_scale[:, None].astype(self.dtype)
@@ -285,18 +295,14 @@ class Attention(nn.Module):
     diagnostics = self.is_mutable_collection(INTERMEDIATES)
     if query_index is None and not diagnostics and (deterministic or not self.dropout_rate):
       blocks = query_blocks(static_mask, self.query_blocks)
+      biases = [self.position_bias(positions[row0:row1], key_positions[col0:col1])
+                for row0, row1, col0, col1 in blocks]
+      out, probs = blocked_attention(query, all_keys, all_values, mask, biases, blocks), None
     else:   # one block: decoding, diagnostics (whole probability tables) and dropout's masks
-      blocks = [(0, query.shape[1], 0, all_keys.shape[1])]
-    outputs = []
-    for row0, row1, col0, col1 in blocks:
-      rows = positions if query_index is not None else positions[row0:row1]  # decoding: a table
-      bias = self.position_bias(rows, key_positions[col0:col1], query_index)  # row is picked
+      bias = self.position_bias(positions, key_positions, query_index)  # decoding: row picked
       out, probs = dot_product_attention(
-          query[:, row0:row1], all_keys[:, col0:col1], all_values[:, col0:col1],
-          mask[:, :, row0:row1, col0:col1], bias, dropout_rate=self.dropout_rate,
+          query, all_keys, all_values, mask, bias, dropout_rate=self.dropout_rate,
           dropout_rng=dropout_rng, deterministic=deterministic, return_probs=True)
-      outputs.append(out)
-    out = outputs[0] if len(outputs) == 1 else jnp.concatenate(outputs, axis=1)
     self.sow(INTERMEDIATES, 'self_probs', probs)  # (no-op unless the collection is mutable)
     self.sow(INTERMEDIATES, 'self_mask', mask)
     if cross is not None:
@@ -308,12 +314,17 @@ class Attention(nn.Module):
   def _gated_cross(self, query, self_out, cross: KeyGroup, deterministic: bool) -> jax.Array:
     """g * self + (1 - g) * cross per head-channel; lanes whose cross memory is empty keep self."""
     valid = _valid_or_ones(cross)
-    dropout_rng = None if deterministic else self.make_rng('dropout')
-    cross_out, probs = dot_product_attention(
-        query, cross.keys.astype(self.dtype), cross.values.astype(self.dtype),
-        valid[:, None, None, :], dropout_rate=self.dropout_rate, dropout_rng=dropout_rng,
-        deterministic=deterministic, top_k=self.cross_top_k, approximate=self.cross_approximate,
-        return_probs=True)
+    keys, values = cross.keys.astype(self.dtype), cross.values.astype(self.dtype)
+    if (not self.cross_top_k and not self.is_mutable_collection(INTERMEDIATES)
+        and (deterministic or not self.dropout_rate)):
+      cross_out, probs = blocked_attention(query, keys, values, valid[:, None, None, :], [None],
+                                           [(0, query.shape[1], 0, keys.shape[1])]), None
+    else:
+      dropout_rng = None if deterministic else self.make_rng('dropout')
+      cross_out, probs = dot_product_attention(
+          query, keys, values, valid[:, None, None, :], dropout_rate=self.dropout_rate,
+          dropout_rng=dropout_rng, deterministic=deterministic, top_k=self.cross_top_k,
+          approximate=self.cross_approximate, return_probs=True)
     gate = jax.nn.sigmoid(self.gate_logit).astype(self.dtype)            # [H, Dh or 1]
     has_memory = jnp.any(valid, axis=1)[:, None, None, None]              # [B, 1, 1, 1]
     gate = jnp.where(has_memory, gate, jnp.ones_like(gate))               # [B, 1, H, Dh or 1]

@@ -50,5 +50,5 @@ class RelativePositionBias(nn.Module):
       buckets = jnp.asarray(buckets)[query_index][None]
     table = self.param('table', nn.initializers.normal(0.02), (self.num_buckets, self.num_heads),
                        jnp.float32)
-    bias = jnp.take(table * self.scale, jnp.asarray(buckets), axis=0)  # [Tq, Tk, H]
-    return jnp.transpose(bias, (2, 0, 1))[None]
+    # Gathered from the [H, buckets] table so that the bias comes out [H, Tq, Tk] (no transpose).
+    return jnp.take((table * self.scale).T, jnp.asarray(buckets), axis=1)[None]
