@@ -9,11 +9,16 @@ initial memory, read at every document start, does too.
 
 "Moved": some element of the leaf changed by at least MOVED_FRACTION x sum(lr), where sum(lr) is
 how far AdamW's normalised step (~lr per step) takes an element whose gradient keeps its sign.
-Any leaf with a gradient gets a full step of ~lr at once (eps is 1e-9); the slowest leaf measured
-(Block-Recurrent's state-attention position bias) moved 0.15 x sum(lr). Below the threshold:
+Any leaf with a gradient gets a full step of ~lr at once (eps is 1e-9). Below the threshold:
 weight decay alone (1e-4 x sum(lr) x |value|), and Adafactor with multiply_by_parameter_scale on
 a zero-initialised leaf (its step is scaled by max(RMS(leaf), 1e-3)): a leaf without gradient, or
 one stuck as the gates were under Adafactor, fails.
+
+Exempt: leaves whose gradient is zero by construction (CONSTANT_BY_CONSTRUCTION). Block-Recurrent's
+states attend to each other at one shared position, so their attention's position bias is one
+constant per head, which the softmax ignores; that table moved only by float rounding noise that
+Adam normalises into full steps (0.15 x sum(lr) with autodiff's softmax backward, 0.015 x with
+the attention kernel's), not because anything depends on it.
 """
 import functools
 from typing import Any, NamedTuple
@@ -39,6 +44,7 @@ MOVED_FRACTION = 0.05
 # case -> (zoo config, extra bindings, subtrees frozen by design). The frozen subtrees are the
 # only leaves allowed not to move, and they must not move at all.
 CASES = {name: (name, (), ()) for name in zoo.CONFIGS}
+CONSTANT_BY_CONSTRUCTION = ('state_attention/position_bias/table',)  # path suffixes
 CASES['memlong_frozen'] = ('memlong', ('MemLongStack.train_only_above_memory_layer = True',),
                            ('embed', 'layer_00'))
 
@@ -116,7 +122,8 @@ def test_every_leaf_moves(case):
   changes = leaf_changes(run.initial, run.final)
   threshold = MOVED_FRACTION * run.lr_sum
   stuck = {path: f'{change:.1e}' for path, change in changes.items()
-           if change < threshold and not _under(path, run.frozen)}
+           if change < threshold and not _under(path, run.frozen)
+           and not path.endswith(CONSTANT_BY_CONSTRUCTION)}
   assert not stuck, (f'{case}: {len(stuck)} of {len(changes)} parameter leaves moved less than '
                      f'{threshold:.1e} (max |change|): {stuck}')
   moved_frozen = {path: change for path, change in changes.items()
