@@ -236,13 +236,27 @@ class Attention(nn.Module):
   def _project(self, h: jax.Array, projections: Sequence[nn.Module]) -> list[jax.Array]:
     """[p(h) for p in projections] ([B, T, H, Dh] each) as one matmul over the concatenated
     kernels: one [d, n x H x Dh] product runs closer to the matmul roofline on CPU than n
-    narrow ones (the same parameters; initialization calls each projection to create them)."""
+    narrow ones (the same parameters; initialization calls each projection to create them).
+    On [B x T, d] rows: with the 3-d einsum XLA:CPU transposed the output's gradient before the
+    weight-gradient matmul (benchmarks/README.md section 4, item 9)."""
     if self.is_initializing():
       return [p(h) for p in projections]
     kernels = [nn.meta.unbox(p.variables['params']['kernel']) for p in projections]
     h, kernel = nn.dtypes.promote_dtype(h, jnp.concatenate(kernels, axis=1), dtype=self.dtype)
-    fused = jnp.einsum('btd,dhk->bthk', h, kernel)
+    batch, length, dim = h.shape
+    fused = h.reshape(batch * length, dim) @ kernel.reshape(dim, -1)
+    fused = fused.reshape(batch, length, kernel.shape[1], kernel.shape[2])
     return jnp.split(fused, len(projections), axis=2)
+
+  def _out(self, out: jax.Array) -> jax.Array:
+    """self.out(out) ([B, T, H, Dh] -> [B, T, d]) as a [B x T, H x Dh] matmul (see _project)."""
+    if self.is_initializing():
+      return self.out(out)
+    kernel = nn.meta.unbox(self.out.variables['params']['kernel'])
+    out, kernel = nn.dtypes.promote_dtype(out, kernel, dtype=self.dtype)
+    batch, length = out.shape[:2]
+    return (out.reshape(batch * length, -1) @ kernel.reshape(-1, kernel.shape[-1])).reshape(
+        batch, length, kernel.shape[-1])
 
   def key_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values of hidden states x: [B, K, d] -> ([B, K, H, Dh], [B, K, H, Dh])."""
@@ -308,7 +322,7 @@ class Attention(nn.Module):
     if cross is not None:
       assert self.cross_gate, 'cross-attention needs Attention(cross_gate=True)'
       out = self._gated_cross(query, out, cross, deterministic)
-    output = self.dropout(self.out(out), deterministic=deterministic)
+    output = self.dropout(self._out(out), deterministic=deterministic)
     return AttentionOutput(output, keys, values)
 
   def _gated_cross(self, query, self_out, cross: KeyGroup, deterministic: bool) -> jax.Array:

@@ -22,11 +22,12 @@ class FeedForward(nn.Module):
     """x: [B, T, d] -> [B, T, d]."""
     d = x.shape[-1]
     init = nn.initializers.variance_scaling(1.0, 'fan_in', 'truncated_normal')
-    h = RMSNorm(dtype=self.dtype, name='norm')(x)
+    # As [B x T, d] rows: XLA:CPU then computes the weight gradients without transposing copies.
+    h = RMSNorm(dtype=self.dtype, name='norm')(x).reshape(-1, d)
     h = nn.Dense(self.mlp_dim, use_bias=False, dtype=self.dtype, name='wi',
                  kernel_init=nn.with_logical_partitioning(init, (axes.EMBED, axes.MLP)))(h)
     h = ACTIVATIONS[self.activation](h)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
     h = nn.Dense(d, use_bias=False, dtype=self.dtype, name='wo',
                  kernel_init=nn.with_logical_partitioning(init, (axes.MLP, axes.EMBED)))(h)
-    return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
+    return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic).reshape(x.shape)
