@@ -241,22 +241,20 @@ class Attention(nn.Module):
     weight-gradient matmul (benchmarks/README.md section 4, item 9)."""
     if self.is_initializing():
       return [p(h) for p in projections]
-    kernels = [nn.meta.unbox(p.variables['params']['kernel']) for p in projections]
-    h, kernel = nn.dtypes.promote_dtype(h, jnp.concatenate(kernels, axis=1), dtype=self.dtype)
-    batch, length, dim = h.shape
-    fused = h.reshape(batch * length, dim) @ kernel.reshape(dim, -1)
-    fused = fused.reshape(batch, length, kernel.shape[1], kernel.shape[2])
+    kernel = jnp.concatenate([self._kernel(p) for p in projections], axis=1)   # [d, n x H, Dh]
+    fused = _row_matmul(*nn.dtypes.promote_dtype(h, kernel, dtype=self.dtype), contract=1)
     return jnp.split(fused, len(projections), axis=2)
 
   def _out(self, out: jax.Array) -> jax.Array:
     """self.out(out) ([B, T, H, Dh] -> [B, T, d]) as a [B x T, H x Dh] matmul (see _project)."""
     if self.is_initializing():
       return self.out(out)
-    kernel = nn.meta.unbox(self.out.variables['params']['kernel'])
-    out, kernel = nn.dtypes.promote_dtype(out, kernel, dtype=self.dtype)
-    batch, length = out.shape[:2]
-    return (out.reshape(batch * length, -1) @ kernel.reshape(-1, kernel.shape[-1])).reshape(
-        batch, length, kernel.shape[-1])
+    return _row_matmul(*nn.dtypes.promote_dtype(out, self._kernel(self.out), dtype=self.dtype),
+                       contract=2)
+
+  @staticmethod
+  def _kernel(projection: nn.Module) -> jax.Array:
+    return nn.meta.unbox(projection.variables['params']['kernel'])
 
   def key_values(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
     """Keys and values of hidden states x: [B, K, d] -> ([B, K, H, Dh], [B, K, H, Dh])."""
@@ -363,6 +361,15 @@ def sown(intermediates: Mapping, name: str) -> dict[str, jax.Array]:
         visit(value, path + (key,))
   visit(intermediates, ())
   return dict(sorted(found.items()))
+
+
+def _row_matmul(x: jax.Array, kernel: jax.Array, contract: int) -> jax.Array:
+  """x [B, T, *in] times kernel [*in, *out] (its first `contract` axes are `in`) as one
+  [B x T, prod(in)] x [prod(in), prod(out)] matmul -> [B, T, *out]."""
+  rows = x.shape[0] * x.shape[1]
+  size = int(np.prod(kernel.shape[:contract]))
+  y = x.reshape(rows, size) @ kernel.reshape(size, -1)
+  return y.reshape(x.shape[:2] + kernel.shape[contract:])
 
 
 def _l2_normalize(x: jax.Array) -> jax.Array:
