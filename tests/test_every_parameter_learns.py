@@ -137,3 +137,23 @@ def test_small_configs_get_the_small_defaults():
   cli.parse_gin(['quickstart.gin'], [])
   assert optim.OptimizerConfig().name == 'adamw'
   assert models.ModelConfig().position_bias_scale == 10.0
+
+
+def test_the_exempt_leaves_get_no_gradient_by_construction():
+  """The premise of CONSTANT_BY_CONSTRUCTION: those leaves' gradient is rounding noise next to
+  that of the same kind of leaf elsewhere in the model (the layers' position-bias tables)."""
+  model, variables = zoo.build('block_recurrent'), zoo.params('block_recurrent')
+  tokens = zoo.random_tokens(BATCH, WINDOWS * model.window_length + 1)
+
+  def loss(params):
+    logits, _ = model.apply({'params': params}, tokens[:, :-1], model.init_memory(BATCH),
+                            zoo.doc_starts(BATCH, WINDOWS))
+    return -jnp.mean(jnp.take_along_axis(jax.nn.log_softmax(logits), tokens[:, 1:, None], -1))
+
+  grads = leaf_changes(jax.tree.map(jnp.zeros_like, variables['params']),
+                       jax.grad(loss)(variables['params']))  # {path: max |gradient|}
+  exempt = {p: g for p, g in grads.items() if p.endswith(CONSTANT_BY_CONSTRUCTION)}
+  tables = [g for p, g in grads.items()
+            if p.endswith('attention/position_bias/table') and p not in exempt]
+  assert exempt and tables, grads.keys()
+  assert max(exempt.values()) < 1e-5 * min(tables), (exempt, tables)
