@@ -108,7 +108,7 @@ def _remat_mode(config) -> str:
     return 'none (every activation saved)'
   if config.remat_saves == 'nothing':
     return 'recomputing scan (each window recomputed)'
-  return f'checkpointed windows saving {config.remat_saves}'
+  return f'recomputing scan keeping {config.remat_saves} per window'
 
 
 def _peak_rss_bytes() -> int:

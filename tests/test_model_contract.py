@@ -148,18 +148,19 @@ REMAT_CONFIGS = ['melodi', 'melodi_long_only', 'transformer_xl', 'memorizing', '
                  'memlong', 'vanilla']
 
 
-# ModelConfig.remat_saves = 'dots' (the plain scan of a checkpointed window): a FIFO and
-# short-term memory (MELODI), a cache (Transformer-XL).
+# ModelConfig.remat_saves = 'dots' / 'all_dots' (the window scan keeping what the policy saves,
+# the attention kernel's residuals with 'all_dots'): a FIFO and short-term memory (MELODI), a
+# cache (Transformer-XL).
 REMAT_DOTS_CONFIGS = ['melodi', 'transformer_xl']
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize('name,saves', [(name, 'nothing') for name in REMAT_CONFIGS] +
-                         [(name, 'dots') for name in REMAT_DOTS_CONFIGS] +
-                         [('transformer_xl', 'all_dots')])
+                         [(name, saves) for name in REMAT_DOTS_CONFIGS
+                          for saves in ('dots', 'all_dots')])
 def test_remat_gives_the_same_loss_gradients_and_memory(name, saves):
-  """ModelConfig.remat (models/recompute.py; with remat_saves = 'dots' a checkpointed window that
-  keeps its weight-matmul outputs) changes what is stored, not what is computed: loss, gradients
+  """ModelConfig.remat (models/recompute.py; with remat_saves 'dots' / 'all_dots' each window
+  keeps its matmul outputs) changes what is stored, not what is computed: loss, gradients
   (also into the carried-in memory) and new memory equal the plain scan's, across a mid-segment
   document start in one lane and none in the other."""
   plain, variables = zoo.build(name), zoo.params(name)

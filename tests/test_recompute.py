@@ -4,6 +4,7 @@ and keeps per window only the slots a FIFO gained, not the whole FIFO."""
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from melodi_jax.models import recompute
 
@@ -51,10 +52,14 @@ def _loss(scan):
   return jax.jit(jax.value_and_grad(fn, argnums=(0, 1, 2, 3)))
 
 
-def test_values_and_gradients_equal_a_plain_scan():
+@pytest.mark.parametrize('policy', [None, jax.checkpoint_policies.dots_saveable,
+                                    jax.checkpoint_policies.everything_saveable])
+def test_values_and_gradients_equal_a_plain_scan(policy):
+  """Recomputing each window (policy None) or keeping what a checkpoint policy saves."""
   params, carry, xs, increments = _setup()
   plain = lambda p, c, x: jax.lax.scan(lambda c, x: _window(p, c, x), c, x)
-  rebuilt = lambda p, c, x: recompute.window_scan(_window, p, c, x, increments)
+  rebuilt = lambda p, c, x: recompute.window_scan(_window, p, c, x, increments,
+                                                   recompute.Saves(policy))
   args = (params, carry['fifo'], carry['h'], xs[0], carry, xs[1])
   want, want_grads = _loss(plain)(*args)
   got, got_grads = _loss(rebuilt)(*args)
@@ -71,7 +76,7 @@ def test_values_and_gradients_equal_a_plain_scan():
 def test_saves_the_gained_slots_not_the_fifo_per_window():
   params, carry, xs, increments = _setup()
   _, residuals = jax.eval_shape(
-      lambda p, c, x: recompute._forward(_window, p, c, x, increments), params, carry, xs)
+      lambda p, c, x: recompute._forward(_window, p, c, x, increments, recompute.Saves()), params, carry, xs)
   saved = sum(leaf.size for leaf in jax.tree.leaves(residuals)
               if jnp.issubdtype(leaf.dtype, jnp.floating))
   fifo_once = B * L * D

@@ -4,7 +4,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from melodi_jax.layers import axes
+from melodi_jax.layers import axes, dense_grad
 from melodi_jax.layers.norms import RMSNorm
 
 ACTIVATIONS = {'relu': nn.relu, 'gelu': nn.gelu, 'swish': nn.swish}
@@ -28,6 +28,6 @@ class FeedForward(nn.Module):
                  kernel_init=nn.with_logical_partitioning(init, (axes.EMBED, axes.MLP)))(h)
     h = ACTIVATIONS[self.activation](h)
     h = nn.Dropout(self.dropout_rate)(h, deterministic=deterministic)
-    h = nn.Dense(d, use_bias=False, dtype=self.dtype, name='wo',
+    h = nn.Dense(d, use_bias=False, dtype=self.dtype, name='wo', dot_general=dense_grad.dot_general,
                  kernel_init=nn.with_logical_partitioning(init, (axes.MLP, axes.EMBED)))(h)
     return nn.Dropout(self.dropout_rate)(h, deterministic=deterministic).reshape(x.shape)

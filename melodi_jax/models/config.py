@@ -64,9 +64,10 @@ class ModelConfig:
   dtype: str = 'bfloat16'           # compute dtype; parameters stay float32
   memory_dtype: str = 'float32'     # dtype of the carried memory pytree
   remat: bool = False               # recompute windows in the backward pass (models/recompute.py)
-  remat_saves: str = 'nothing'      # with remat: 'nothing' (the recomputing scan), 'dots' (save
-                                    # each window's weight-matmul outputs, recompute the rest) or
-                                    # 'all_dots' (attention's matmuls too); models/decoder.py
+  remat_saves: str = 'nothing'      # with remat, what each window keeps for the backward pass:
+                                    # 'nothing' (all recomputed), 'dots' (its weight-matmul
+                                    # outputs; the rest recomputed) or 'all_dots' (attention's
+                                    # matmuls too); models/decoder.py, models/recompute.py
   attention_query_blocks: int = 4   # self-attention skips the keys masked for a whole block of
                                     # queries, in up to this many blocks (1: one block)
   stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin

@@ -3,13 +3,12 @@
 Window-major order: window k runs the whole stack, then window k+1. One `nn.scan` whose carry is
 the whole memory pytree, so compile time does not grow with the number of windows N and the reset
 at document starts happens in one place. With `ModelConfig.remat` the same `WindowStack` runs in
-`recompute.window_scan` instead (same values and gradients; each window recomputed in the
-backward pass, long-term FIFOs saved once; dropout keys are then split per window here, so with
-dropout on the random masks differ from the `nn.scan` path's). With `ModelConfig.remat_saves`
-'dots' or 'all_dots' the `nn.scan` path runs a checkpointed window instead, which keeps the
-outputs of its weight matmuls (and, for 'all_dots', attention's QK^T and PV) and recomputes only
-the rest: fewer FLOPs than the recomputing scan, more memory per window (the carry, the long-term
-FIFO included, is then saved once per window).
+`recompute.window_scan` instead (same values and gradients; long-term FIFOs saved once; dropout
+keys are then split per window here, so with dropout on the random masks differ from the
+`nn.scan` path's). What a window keeps for the backward pass is `ModelConfig.remat_saves`:
+'nothing' recomputes the whole window there; 'dots' keeps the outputs of its weight matmuls and
+'all_dots' also attention's QK^T and PV (and the attention kernel's probabilities), and recomputes
+only the rest: fewer FLOPs, more memory per window.
 What the attention sows for diagnostics (layers/attention.py `INTERMEDIATES`, when the caller makes
 that collection mutable) comes out stacked per window, [N, ...]; such calls take the `nn.scan`
 path even with remat.
@@ -27,7 +26,8 @@ from melodi_jax.models.config import ModelConfig
 
 
 # ModelConfig.remat_saves -> what a checkpointed window keeps for its backward pass.
-SAVED = {'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
+SAVED = {'nothing': None,  # the whole window is recomputed
+         'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
          'all_dots': jax.checkpoint_policies.dots_saveable}  # and attention's QK^T, PV
 
 
@@ -131,14 +131,10 @@ class DecoderLM(nn.Module):
       x = x.reshape(batch, num_windows, window, config.model_dim).swapaxes(0, 1)  # [N, B, W, d]
       windows = (x, jnp.asarray(doc_start, bool).T)
       recording = self.is_mutable_collection(INTERMEDIATES)
-      if (config.remat and config.remat_saves == 'nothing' and not self.is_initializing()
-          and not recording):
+      if config.remat and not self.is_initializing() and not recording:
         memory, y = self._recomputing_scan(memory, windows, train)
       else:  # (initialization always takes this path: it creates the 'stack' parameters)
-        body = WindowStack
-        if config.remat and config.remat_saves != 'nothing':
-          body = nn.remat(WindowStack, prevent_cse=False, policy=SAVED[config.remat_saves])
-        scan = nn.scan(body, variable_broadcast='params',
+        scan = nn.scan(WindowStack, variable_broadcast='params',
                        variable_axes={INTERMEDIATES: 0},
                        split_rngs={'params': False, 'dropout': True},
                        in_axes=0, out_axes=0, length=num_windows)
@@ -155,9 +151,9 @@ class DecoderLM(nn.Module):
     return logits.astype(jnp.float32), (memory if cache is None else cache)
 
   def _recomputing_scan(self, memory: dict, windows: tuple, train: bool) -> tuple[dict, jax.Array]:
-    """ModelConfig.remat: the scan of the 'stack' parameters over windows, each window's forward
-    recomputed in the backward pass and the long-term FIFOs rebuilt from the slots they gained
-    (models/recompute.py), so what the backward pass keeps per window is small."""
+    """ModelConfig.remat: the scan of the 'stack' parameters over windows that keeps per window
+    what ModelConfig.remat_saves says and recomputes the rest in the backward pass, the long-term
+    FIFOs rebuilt there from the slots they gained (models/recompute.py)."""
     config = self.config
     num_windows = windows[0].shape[0]
     keys = None
@@ -173,4 +169,5 @@ class DecoderLM(nn.Module):
                                                                 rngs=rngs)
 
     return recompute.window_scan(one_window, self.variables['params']['stack'], memory,
-                                 (windows, keys), state.fifo_increments(config, memory))
+                                 (windows, keys), state.fifo_increments(config, memory),
+                                 recompute.Saves(SAVED[config.remat_saves]))
