@@ -108,7 +108,10 @@ def _remat_mode(config) -> str:
     return 'none (every activation saved)'
   if config.remat_saves == 'nothing':
     return 'recomputing scan (each window recomputed)'
-  return f'recomputing scan keeping {config.remat_saves} per window'
+  mode = f'recomputing scan keeping {config.remat_saves} per window'
+  if config.remat_budget_mib:
+    mode += f' (whole windows recomputed if over {config.remat_budget_mib:g} MiB; see the log)'
+  return mode
 
 
 def _peak_rss_bytes() -> int:

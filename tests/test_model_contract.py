@@ -229,3 +229,9 @@ def test_remat_saves_sets_what_the_backward_pass_recomputes():
            for name in ('all_dots', 'dots', 'nothing')}
   assert saves['all_dots'] == plain, (plain, saves)
   assert 0 < saves['dots'] - plain < 0.5 * (saves['nothing'] - plain), (plain, saves)
+  # A budget smaller than what the windows would keep: whole windows are recomputed.
+  over = executed(('ModelConfig.remat = True', "ModelConfig.remat_saves = 'all_dots'",
+                   'ModelConfig.remat_budget_mib = 0.001'))
+  within = executed(('ModelConfig.remat = True', "ModelConfig.remat_saves = 'all_dots'",
+                     'ModelConfig.remat_budget_mib = 1000'))
+  assert (over, within) == (saves['nothing'], plain), (over, within, saves, plain)

@@ -84,3 +84,20 @@ def test_saves_the_gained_slots_not_the_fifo_per_window():
   params_size = sum(leaf.size for leaf in jax.tree.leaves(params))
   assert saved == params_size + fifo_once + N * per_window, saved
   assert saved < N * fifo_once
+
+
+def test_kept_bytes_is_what_the_forward_pass_keeps_per_window():
+  """`kept_bytes` (shapes of one window) x N = the values the scan stacks for the backward pass;
+  more for a policy that saves more, nothing beside the inputs without a policy."""
+  params, carry, xs, increments = _setup()
+  first = jax.tree.map(lambda a: a[0], xs)
+  sizes = {}
+  for name, policy in (('dots', jax.checkpoint_policies.dots_saveable),
+                       ('everything', jax.checkpoint_policies.everything_saveable)):
+    sizes[name] = recompute.kept_bytes(_window, params, carry, first, policy)
+    _, residuals = jax.eval_shape(lambda p, c, x, policy=policy: recompute._forward(
+        _window, p, c, x, increments, recompute.Saves(policy)), params, carry, xs)
+    stacked = residuals[-1]
+    assert all(leaf.shape[0] == N for leaf in stacked)
+    assert sizes[name] * N == sum(leaf.size * leaf.dtype.itemsize for leaf in stacked)
+  assert 0 < sizes['dots'] < sizes['everything'], sizes

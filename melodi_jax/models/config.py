@@ -68,6 +68,9 @@ class ModelConfig:
                                     # 'nothing' (all recomputed), 'dots' (its weight-matmul
                                     # outputs; the rest recomputed) or 'all_dots' (attention's
                                     # matmuls too); models/decoder.py, models/recompute.py
+  remat_budget_mib: float = 0.0     # > 0: with remat_saves other than 'nothing', recompute
+                                    # whole windows instead when what all windows would keep
+                                    # exceeds this many MiB (0: no limit)
   attention_query_blocks: int = 4   # self-attention skips the keys masked for a whole block of
                                     # queries, in up to this many blocks (1: one block)
   stack: Any = None                 # a StackPlan, e.g. @MelodiStack() in gin
@@ -126,6 +129,7 @@ class ModelConfig:
         (self.attention_query_blocks >= 1, 'ModelConfig.attention_query_blocks must be >= 1'),
         (self.remat_saves in ('nothing', 'dots', 'all_dots'),
          f"ModelConfig.remat_saves = {self.remat_saves!r}: use 'nothing', 'dots' or 'all_dots'"),
+        (self.remat_budget_mib >= 0, 'ModelConfig.remat_budget_mib must be >= 0 (0: no limit)'),
         (self.remat or self.remat_saves == 'nothing',
          f'ModelConfig.remat_saves = {self.remat_saves!r} takes effect only with '
          'ModelConfig.remat = True: bind both'),

@@ -8,12 +8,14 @@ keys are then split per window here, so with dropout on the random masks differ 
 `nn.scan` path's). What a window keeps for the backward pass is `ModelConfig.remat_saves`:
 'nothing' recomputes the whole window there; 'dots' keeps the outputs of its weight matmuls and
 'all_dots' also attention's QK^T and PV (and the attention kernel's probabilities), and recomputes
-only the rest: fewer FLOPs, more memory per window.
+only the rest: fewer FLOPs, more memory per window. With `ModelConfig.remat_budget_mib` a policy
+that would keep more than that over all windows falls back to recomputing whole windows.
 What the attention sows for diagnostics (layers/attention.py `INTERMEDIATES`, when the caller makes
 that collection mutable) comes out stacked per window, [N, ...]; such calls take the `nn.scan`
 path even with remat.
 """
 
+from absl import logging
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -168,6 +170,15 @@ class DecoderLM(nn.Module):
       return WindowStack(config, deterministic=not train).apply({'params': params}, carry, window,
                                                                 rngs=rngs)
 
-    return recompute.window_scan(one_window, self.variables['params']['stack'], memory,
-                                 (windows, keys), state.fifo_increments(config, memory),
-                                 recompute.Saves(SAVED[config.remat_saves]))
+    params, xs = self.variables['params']['stack'], (windows, keys)
+    policy = SAVED[config.remat_saves]
+    if policy is not None and config.remat_budget_mib:
+      first = jax.tree.map(lambda a: a[0], xs)
+      kept = num_windows * recompute.kept_bytes(one_window, params, memory, first, policy)
+      within = kept <= config.remat_budget_mib * 2 ** 20
+      logging.info('remat: %d windows would keep %.1f MiB (ModelConfig.remat_budget_mib = %g): '
+                   '%s', num_windows, kept / 2 ** 20, config.remat_budget_mib,
+                   f'keeping {config.remat_saves}' if within else 'recomputing whole windows')
+      policy = policy if within else None
+    return recompute.window_scan(one_window, params, memory, xs,
+                                 state.fifo_increments(config, memory), recompute.Saves(policy))

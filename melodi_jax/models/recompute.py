@@ -115,6 +115,17 @@ class _Rebuild:
     return self.treedef.unflatten(leaves)
 
 
+def kept_bytes(fn: WindowFn, params: Any, carry: Any, x: Any, policy: Callable[..., bool]) -> int:
+  """Bytes one window (x: one window's slice) keeps for the backward pass under `policy`, beside
+  its inputs (shapes only: nothing is computed)."""
+  def kept(p, c, w):
+    _, _, vjp = _window_vjp(fn, p, c, w, policy)
+    return _Rebuild.split(vjp, _inputs(p, c, w))[1]
+  abstract = lambda tree: jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype), tree)
+  shapes = jax.eval_shape(kept, abstract(params), abstract(carry), abstract(x))
+  return sum(int(np.prod(a.shape)) * jnp.dtype(a.dtype).itemsize for a in shapes)
+
+
 def _inputs(params, carry, x) -> list:
   return jax.tree.leaves(params) + jax.tree.leaves(carry) + jax.tree.leaves(x)
 
