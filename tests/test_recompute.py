@@ -76,7 +76,8 @@ def test_values_and_gradients_equal_a_plain_scan(policy):
 def test_saves_the_gained_slots_not_the_fifo_per_window():
   params, carry, xs, increments = _setup()
   _, residuals = jax.eval_shape(
-      lambda p, c, x: recompute._forward(_window, p, c, x, increments, recompute.Saves()), params, carry, xs)
+      lambda p, c, x: recompute._forward(_window, p, c, x, increments, recompute.Saves()),
+      params, carry, xs)
   saved = sum(leaf.size for leaf in jax.tree.leaves(residuals)
               if jnp.issubdtype(leaf.dtype, jnp.floating))
   fifo_once = B * L * D

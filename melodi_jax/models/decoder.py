@@ -7,9 +7,9 @@ at document starts happens in one place. With `ModelConfig.remat` the same `Wind
 keys are then split per window here, so with dropout on the random masks differ from the
 `nn.scan` path's). What a window keeps for the backward pass is `ModelConfig.remat_saves`:
 'nothing' recomputes the whole window there; 'dots' keeps the outputs of its weight matmuls and
-'all_dots' also attention's QK^T and PV (and the attention kernel's probabilities), and recomputes
-only the rest: fewer FLOPs, more memory per window. With `ModelConfig.remat_budget_mib` a policy
-that would keep more than that over all windows falls back to recomputing whole windows.
+'all_dots' also attention's QK^T and PV, and each recomputes only the rest: fewer FLOPs, more
+memory per window. With `ModelConfig.remat_budget_mib` a policy that would keep more than that
+over all windows falls back to recomputing whole windows.
 What the attention sows for diagnostics (layers/attention.py `INTERMEDIATES`, when the caller makes
 that collection mutable) comes out stacked per window, [N, ...]; such calls take the `nn.scan`
 path even with remat.
