@@ -1,6 +1,7 @@
 """The blocked attention kernel (layers/attention_kernel.py) against softmax attention written
 from its definition: outputs and gradients (queries, keys, values, biases), with query blocks,
-empty memory slots, a query with no allowed key, shared and per-lane biases."""
+empty memory slots, a query with no allowed key, shared and per-lane biases, and blocks that keep
+their probabilities or recompute them in the backward pass."""
 
 import jax
 import jax.numpy as jnp
@@ -8,7 +9,7 @@ import numpy as np
 import pytest
 
 from melodi_jax.layers.attention import causal_mask, query_blocks
-from melodi_jax.layers.attention_kernel import blocked_attention
+from melodi_jax.layers.attention_kernel import RECOMPUTE_KEYS, blocked_attention
 
 B, H, DH = 2, 3, 8
 
@@ -37,13 +38,13 @@ def _case(num_queries, num_memory, span, rng):
   return query, keys, values, static, jnp.asarray(static)[None, None] & valid[:, None, None]
 
 
-def _check(query, keys, values, mask, bias, blocks):
+def _check(query, keys, values, mask, bias, blocks, recompute_keys=RECOMPUTE_KEYS):
   """Kernel vs reference: outputs, and gradients of a fixed random projection of the output."""
   weights = jnp.asarray(np.random.default_rng(7).normal(size=query.shape), jnp.float32)
 
   def kernel_loss(q, k, v, bias):
     biases = [None if bias is None else bias[:, :, r0:r1, c0:c1] for r0, r1, c0, c1 in blocks]
-    return jnp.sum(blocked_attention(q, k, v, mask, biases, blocks) * weights)
+    return jnp.sum(blocked_attention(q, k, v, mask, biases, blocks, recompute_keys) * weights)
 
   def reference_loss(q, k, v, bias):
     return jnp.sum(reference(q, k, v, mask, bias) * weights)
@@ -72,7 +73,18 @@ def test_blocked_self_attention_equals_the_definition(span, lanes_share_bias):
   _check(query, keys, values, mask, bias, blocks)
 
 
-def test_cross_attention_without_bias_and_an_empty_lane():
+@pytest.mark.parametrize('recompute_keys', [RECOMPUTE_KEYS, 1], ids=['keeps', 'recomputes'])
+def test_blocked_self_attention_without_bias(recompute_keys):
+  """Causal blocks without a bias (with recompute_keys=1 every block recomputes its
+  probabilities, transposed, from the queries, keys and its rows' log-sum-exp)."""
+  rng = np.random.default_rng(2)
+  query, keys, values, static, mask = _case(64, 16, None, rng)
+  blocks = query_blocks(static, 4, min_rows=8)
+  _check(query, keys, values, mask, None, blocks, recompute_keys)
+
+
+@pytest.mark.parametrize('recompute_keys', [RECOMPUTE_KEYS, 1], ids=['keeps', 'recomputes'])
+def test_cross_attention_without_bias_and_an_empty_lane(recompute_keys):
   """One block over a memory without positions; lane 1 has no valid key at all (zero output)."""
   rng = np.random.default_rng(1)
   normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
@@ -81,6 +93,30 @@ def test_cross_attention_without_bias_and_an_empty_lane():
   valid[0, ::3] = False
   valid[1] = False
   mask = jnp.asarray(valid)[:, None, None, :]
-  _check(query, keys, values, mask, None, [(0, 12, 0, 20)])
-  out = blocked_attention(query, keys, values, mask, [None], [(0, 12, 0, 20)])
+  _check(query, keys, values, mask, None, [(0, 12, 0, 20)], recompute_keys)
+  out = blocked_attention(query, keys, values, mask, [None], [(0, 12, 0, 20)], recompute_keys)
   np.testing.assert_array_equal(out[1], 0.0)
+
+
+@pytest.mark.parametrize('recompute_keys', [RECOMPUTE_KEYS, 1], ids=['keeps', 'recomputes'])
+def test_what_a_checkpointed_block_keeps(recompute_keys, capsys):
+  """Under the remat policies (models/decoder.py SAVED), a block that keeps its probabilities
+  keeps a [B, H, rows, keys] table; a recomputing block keeps only its rows' log-sum-exp (named
+  for the policies), not the QK^T it was computed from."""
+  from melodi_jax.models.decoder import SAVED  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(3)
+  normal = lambda *shape: jnp.asarray(rng.normal(size=shape), jnp.float32)
+  query, keys, values = normal(B, 12, H, DH), normal(B, 20, H, DH), normal(B, 20, H, DH)
+  mask = jnp.ones((B, 1, 1, 20), bool)
+
+  def loss(q, k, v):
+    return jnp.sum(blocked_attention(q, k, v, mask, [None], [(0, 12, 0, 20)], recompute_keys) ** 2)
+  for saves in ('dots', 'all_dots'):
+    jax.ad_checkpoint.print_saved_residuals(jax.checkpoint(loss, policy=SAVED[saves]),
+                                            query, keys, values)
+    kept = capsys.readouterr().out
+    table, log_sum_exp = f'f32[{B},{H},12,20]', f'f32[{B},{H},12,1]'
+    if recompute_keys == 1:
+      assert table not in kept and log_sum_exp in kept, (saves, kept)
+    elif saves == 'all_dots':
+      assert table in kept, (saves, kept)

@@ -11,6 +11,7 @@ import pytest
 
 import zoo
 from melodi_jax.errors import UserError
+from melodi_jax.layers import attention_kernel
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models.decoder import WindowStack
 
@@ -197,6 +198,15 @@ def test_remat_gives_the_same_loss_gradients_and_memory(name, saves):
     np.testing.assert_allclose(np.asarray(a, np.float32), np.asarray(b, np.float32), atol=1e-6)
   if name != 'vanilla':
     assert any(np.any(g != 0) for g in want_grads[1]), 'no gradient reached the carried memory'
+
+
+@pytest.mark.slow
+def test_remat_with_attention_blocks_that_recompute_their_probabilities(monkeypatch):
+  """The same for MELODI with 'all_dots' when its bias-free attention blocks (the long-term
+  cross-attention) recompute their probabilities from a kept log-sum-exp, as they do over
+  >= attention_kernel.RECOMPUTE_KEYS memory slots (the tiny model has far fewer)."""
+  monkeypatch.setattr(attention_kernel, 'RECOMPUTE_KEYS', 1)
+  test_remat_gives_the_same_loss_gradients_and_memory('melodi', 'all_dots')
 
 
 def test_unknown_remat_saves_is_rejected():

@@ -10,6 +10,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from melodi_jax.layers.attention_kernel import sum_lanes
 from melodi_jax.layers.norms import RMSNorm
 
 
@@ -33,8 +34,39 @@ class TokenMixer(nn.Module):
     weights = self.param('weights', nn.initializers.normal(n ** -0.5), (self.output_length, n),
                          jnp.float32)
     bias = self.param('bias', nn.initializers.zeros, (self.output_length, d), jnp.float32)
-    out = jnp.einsum('oi,bid->bod', weights.astype(self.dtype), h) + bias.astype(self.dtype)
+    out = mix(weights.astype(self.dtype), h) + bias.astype(self.dtype)
     if residual is not None:
       assert residual.shape[1] == self.output_length, (residual.shape, self.output_length)
       out = out + residual.astype(self.dtype)
     return out
+
+
+@jax.custom_vjp
+def mix(weights: jax.Array, h: jax.Array) -> jax.Array:
+  """weights [O, N], h [B, N, d] -> [B, O, d]: out[b] = weights @ h[b].
+
+  As a dot batched over lanes (the weights broadcast, [O, N] each), every product is a plain
+  row-major matmul: as one dot contracting h's middle axis, XLA:CPU transposed h (and the output
+  gradient) to [B x d, N] first, an elementwise transpose fused with the inputs' norms. The
+  weight gradient sums the lanes' products with adds (`attention_kernel.sum_lanes`: a reduce
+  over the leading axis is slow on XLA:CPU).
+  """
+  return _mix(weights, h)
+
+
+def _mix(weights, h):
+  return jnp.einsum('boi,bid->bod', jnp.broadcast_to(weights, (h.shape[0],) + weights.shape), h)
+
+
+def _mix_fwd(weights, h):
+  return _mix(weights, h), (weights, h)
+
+
+def _mix_bwd(residuals, d_out):
+  weights, h = residuals
+  d_h = _mix(weights.T, d_out)                                             # [B, N, d]
+  d_weights = sum_lanes(jnp.einsum('bod,bid->boi', d_out, h))[0]          # [O, N]
+  return d_weights.astype(weights.dtype), d_h.astype(h.dtype)
+
+
+mix.defvjp(_mix_fwd, _mix_bwd)

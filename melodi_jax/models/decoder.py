@@ -20,17 +20,23 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from melodi_jax.layers import axes
+from melodi_jax.layers import attention_kernel, axes
 from melodi_jax.layers.attention import INTERMEDIATES, WindowCache
 from melodi_jax.layers.norms import RMSNorm
 from melodi_jax.models import recompute, state
 from melodi_jax.models.config import ModelConfig
 
 
-# ModelConfig.remat_saves -> what a checkpointed window keeps for its backward pass.
+# ModelConfig.remat_saves -> what a checkpointed window keeps for its backward pass. Both policies
+# also keep the attention kernel's per-row log-sum-exp, from which its recomputing blocks
+# (cross-attention to a large memory) rebuild their probabilities: kept, it spares keeping their
+# [rows, keys] QK^T to recompute it from.
+_LOG_SUM_EXP = jax.checkpoint_policies.save_only_these_names(attention_kernel.LOG_SUM_EXP)
 SAVED = {'nothing': None,  # the whole window is recomputed
-         'dots': jax.checkpoint_policies.dots_with_no_batch_dims_saveable,  # weight matmuls
-         'all_dots': jax.checkpoint_policies.dots_saveable}  # and attention's QK^T, PV
+         'dots': jax.checkpoint_policies.save_from_both_policies(   # weight matmuls
+             jax.checkpoint_policies.dots_with_no_batch_dims_saveable, _LOG_SUM_EXP),
+         'all_dots': jax.checkpoint_policies.save_from_both_policies(  # and attention's QK^T, PV
+             jax.checkpoint_policies.dots_saveable, _LOG_SUM_EXP)}
 
 
 class WindowStack(nn.Module):
