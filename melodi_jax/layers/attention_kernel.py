@@ -33,6 +33,7 @@ Block = tuple[int, int, int, int]  # (row0, row1, col0, col1): queries row0:row1
 # recomputation is one more QK^T-sized matmul. Computed transposed ([keys, rows]), the backward
 # needs no transpose of the probabilities for dV = P^T dO nor of dS for dK = dS^T Q (only dQ's).
 # Biased blocks (self-attention with a position bias, <= a few hundred keys) keep theirs.
+# (benchmarks/README.md section 4, item 11: MELODI's step at cpu_w256, 2.98 -> 2.82 s on one core.)
 RECOMPUTE_KEYS = 512
 # The name of a recomputing block's per-row log-sum-exp (jax.ad_checkpoint.checkpoint_name), for
 # remat policies to keep it (models/decoder.py SAVED).

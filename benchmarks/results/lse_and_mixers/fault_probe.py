@@ -1,6 +1,6 @@
-"""The bench with user / system CPU seconds and minor page faults printed per timed step (stderr).
+"""The bench with user / system CPU seconds and minor page faults printed per step (stderr).
 
-  python benchmarks/results/lse_and_mixers/fault_probe.py --gin_file=models/melodi.gin \
+  PYTHONPATH=. python benchmarks/results/lse_and_mixers/fault_probe.py --gin_file=models/melodi.gin \
       --gin_file=bench/cpu_w256.gin --steps=4 --noeval
 
 Used for item 11's malloc measurements (benchmarks/README.md section 4): KEEP_FREED=1 sets glibc's
@@ -13,7 +13,6 @@ import ctypes
 import os
 import resource
 import sys
-import time
 
 import jax
 
@@ -21,25 +20,19 @@ from melodi_jax import bench
 from melodi_jax.train import cli
 
 
-def _time_steps(run, state, warmup, steps, probe=None):
-  for _ in range(warmup):
-    state = run(state)
-    jax.block_until_ready(state)
-  walls, cpus, probes = [], [], []
-  for _ in range(steps):
-    if probe is not None:
-      probes.append(probe())
-    before = resource.getrusage(resource.RUSAGE_SELF)
-    wall, cpu = time.perf_counter(), time.process_time()
-    state = run(state)
-    jax.block_until_ready(state)
-    walls.append(time.perf_counter() - wall)
-    cpus.append(time.process_time() - cpu)
-    after = resource.getrusage(resource.RUSAGE_SELF)
-    print(f'STEP user {after.ru_utime - before.ru_utime:.3f} '
-          f'sys {after.ru_stime - before.ru_stime:.3f} minflt {after.ru_minflt - before.ru_minflt}',
-          file=sys.stderr, flush=True)
-  return walls, cpus, probes, state
+def _with_rusage(time_steps):
+  """bench._time_steps where every step (the warm-up ones first) prints its rusage."""
+  def timed(run, state, warmup, steps, probe=None):
+    def measured(state):
+      before = resource.getrusage(resource.RUSAGE_SELF)
+      state = jax.block_until_ready(run(state))
+      after = resource.getrusage(resource.RUSAGE_SELF)
+      print(f'STEP user {after.ru_utime - before.ru_utime:.3f} '
+            f'sys {after.ru_stime - before.ru_stime:.3f} '
+            f'minflt {after.ru_minflt - before.ru_minflt}', file=sys.stderr, flush=True)
+      return state
+    return time_steps(measured, state, warmup, steps, probe)
+  return timed
 
 
 if __name__ == '__main__':
@@ -48,5 +41,5 @@ if __name__ == '__main__':
     # M_ARENA_MAX, M_MMAP_MAX, M_TRIM_THRESHOLD (malloc.h)
     for param, value in ((-8, 1), (-4, 0), (-1, 2**31 - 1)):
       libc.mallopt(param, value)
-  bench._time_steps = _time_steps  # pylint: disable=protected-access
+  bench._time_steps = _with_rusage(bench._time_steps)  # pylint: disable=protected-access
   cli.run(bench.main)
