@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from melodi_jax.layers.attention import causal_mask, query_blocks
-from melodi_jax.layers.attention_kernel import RECOMPUTE_KEYS, blocked_attention
+from melodi_jax.layers.attention_kernel import RECOMPUTE_KEYS, blocked_attention, sum_lanes
 
 B, H, DH = 2, 3, 8
 
@@ -120,3 +120,12 @@ def test_what_a_checkpointed_block_keeps(recompute_keys, capsys):
       assert table not in kept and log_sum_exp in kept, (saves, kept)
     elif saves == 'all_dots':
       assert table in kept, (saves, kept)
+
+
+@pytest.mark.parametrize('backend', ['cpu', 'gpu'])
+def test_sum_lanes_is_the_sum_over_lanes(backend, monkeypatch):
+  """Adds on CPU, a reduce_sum elsewhere (the backend faked): the same sum either way."""
+  monkeypatch.setattr(jax, 'default_backend', lambda: backend)
+  x = jnp.asarray(np.random.default_rng(4).normal(size=(5, 3, 2)), jnp.float32)
+  np.testing.assert_allclose(sum_lanes(x), np.sum(np.asarray(x), axis=0, keepdims=True),
+                             rtol=1e-6, atol=1e-6)

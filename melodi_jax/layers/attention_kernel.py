@@ -176,9 +176,13 @@ def _recomputed_block_bwd(q, k, v, allowed, log_sum_exp, d_o):
 
 
 def sum_lanes(x: jax.Array) -> jax.Array:
-  """x [B, ...] -> [1, ...]: the gradient of a bias shared by every lane, summed over lanes as
-  B - 1 elementwise adds: XLA:CPU lowers a reduce_sum over the leading axis ~100x slower
-  (YNNPACK reduce; it took ~12% of the CPU train step, benchmarks/README.md section 4)."""
+  """x [B, ...] -> [1, ...]: the gradient of a weight shared by every lane (a bias, a token
+  mixer), summed over lanes as B - 1 elementwise adds on CPU: XLA:CPU lowers a reduce_sum over
+  the leading axis ~100x slower (YNNPACK reduce; it took ~12% of the CPU train step,
+  benchmarks/README.md section 4). Elsewhere a reduce_sum (lanes may be sharded over devices,
+  and B may be large)."""
+  if jax.default_backend() != 'cpu':
+    return jnp.sum(x, axis=0, keepdims=True)
   total = x[0]
   for lane in range(1, x.shape[0]):
     total = total + x[lane]
