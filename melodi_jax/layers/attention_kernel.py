@@ -72,10 +72,11 @@ def blocked_attention(query: jax.Array, keys: jax.Array, values: jax.Array, mask
 
 def _materialized_swap(x: jax.Array) -> jax.Array:
   """x [B, H, Tq, Tk] -> [B, H, Tk, Tq] (or back) as a copy of its own on CPU, for dV = P^T dO,
-  dK = dS^T Q and, in a recomputing block, dQ = dS K: XLA folds a transpose that feeds a dot into the dot's dimension numbers, and
-  XLA:CPU runs a batched dot that contracts the lhs's second-minor axis with Eigen instead of
-  YNNPACK, ~3x slower ([2, 4, 320, 1024] x [2, 4, 320, 64] on one core: 11.0 ms against 5.7 ms
-  with the transpose). An optimization barrier keeps the transpose; elsewhere XLA may fold it."""
+  dK = dS^T Q and, in a recomputing block, dQ = dS K: XLA folds a transpose that feeds a dot
+  into the dot's dimension numbers, and XLA:CPU runs a batched dot that contracts the lhs's
+  second-minor axis with Eigen instead of YNNPACK, ~3x slower ([2, 4, 320, 1024] x
+  [2, 4, 320, 64] on one core: 11.0 ms against 5.7 ms with the transpose). An optimization
+  barrier keeps the transpose; elsewhere XLA may fold it."""
   swapped = jnp.swapaxes(x, 2, 3)
   if jax.default_backend() == 'cpu':
     return jax.lax.optimization_barrier(swapped)
